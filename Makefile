@@ -1,0 +1,35 @@
+# Two set-up commands: `make demo` and `make test`. Both create .venv when it is missing (CPU torch first: a bare
+# torch requirement would pull a multi-GB CUDA build).
+PYTHON ?= python3
+VENV := .venv
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.installed
+export HF_HUB_OFFLINE := 1
+export WANDB_MODE ?= offline
+export RAY_USAGE_STATS_ENABLED := 0
+
+.PHONY: demo test test-all bench env clean
+
+$(STAMP): pyproject.toml
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet --upgrade pip
+	$(PY) -m pip install --quiet torch==2.13.0
+	$(PY) -m pip install --quiet -e ".[test,ocr,nvfp4]"
+	touch $(STAMP)
+
+env: $(STAMP)
+
+demo: $(STAMP)
+	$(VENV)/bin/diffrl run configs/shapes_awm.yaml
+
+test: $(STAMP)
+	$(VENV)/bin/pytest -q --timeout=900
+
+test-all: $(STAMP)
+	$(VENV)/bin/pytest -q --timeout=1800 -m "not gpu"
+
+bench: $(STAMP)
+	$(PY) benchmarks/overhead.py
+
+clean:
+	rm -rf $(VENV) runs build *.egg-info

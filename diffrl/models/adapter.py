@@ -1,0 +1,70 @@
+"""The model adapter interface every text-to-image model implements (tiny built-in, SD3.5, FLUX.1, SANA).
+
+Workers and losses see a model only through this interface: prompts become a conditioning dict, a `denoiser` module
+maps (x_t, t, conditioning) to a flow-matching velocity, and `decode` turns clean samples into uint8 images for
+rewards. The denoiser is the module a learner trains (wrapped by DeepSpeed) and the module LoRA adapts.
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from typing import Sequence
+
+import numpy as np
+import torch
+from torch import nn
+
+Conditioning = dict[str, torch.Tensor]
+
+
+def select_conditioning(cond: Conditioning, index: torch.Tensor | slice) -> Conditioning:
+    """Rows `index` of every tensor of a conditioning dict."""
+    return {key: value[index] for key, value in cond.items()}
+
+
+def concat_conditioning(conds: Sequence[Conditioning]) -> Conditioning:
+    return {key: torch.cat([cond[key] for cond in conds]) for key in conds[0]}
+
+
+class ModelAdapter(nn.Module, ABC):
+    """A text-to-image flow model seen by diffrl. Subclasses set `denoiser` and `sample_shape`."""
+
+    denoiser: nn.Module
+    sample_shape: tuple[int, ...]
+
+    @abstractmethod
+    def encode_prompts(self, prompts: Sequence[str]) -> Conditioning:
+        """Frozen text encoding of `prompts`; row i conditions sample i."""
+
+    @abstractmethod
+    def decode(self, samples: torch.Tensor) -> np.ndarray:
+        """Clean samples (model space) to uint8 images [N, H, W, 3] for rewards and grids."""
+
+    @abstractmethod
+    def lora_target_modules(self) -> list[str]:
+        """Default module names of `denoiser` that LoRA adapts (attention projections)."""
+
+    def velocity(
+        self,
+        x_t: torch.Tensor,
+        t: torch.Tensor,
+        cond: Conditioning,
+        guidance_scale: float = 1.0,
+        null_cond: Conditioning | None = None,
+        denoiser: nn.Module | None = None,
+    ) -> torch.Tensor:
+        """Velocity at (x_t, t); with guidance_scale != 1, classifier-free guidance against `null_cond`."""
+        net = denoiser if denoiser is not None else self.denoiser
+        if guidance_scale == 1.0:
+            return net(x_t, t, cond)
+        if null_cond is None:
+            raise ValueError("classifier-free guidance needs null_cond (the encoding of the empty prompt)")
+        both = net(torch.cat([x_t, x_t]), torch.cat([t, t]), concat_conditioning([null_cond, cond]))
+        uncond, conditional = both.chunk(2)
+        return uncond + guidance_scale * (conditional - uncond)
+
+    def initial_noise(self, seeds: Sequence[int]) -> torch.Tensor:
+        """The starting noise of each sample, a function of its seed alone (so batch splits never change it)."""
+        return torch.stack(
+            [torch.randn(self.sample_shape, generator=torch.Generator().manual_seed(int(seed))) for seed in seeds]
+        )

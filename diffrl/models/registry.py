@@ -1,0 +1,67 @@
+"""Building a model adapter from a job's model section, and applying LoRA to its denoiser."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+from torch import nn
+
+from diffrl.models.adapter import ModelAdapter
+
+
+def build_model(name: str, path: str | None, seed: int = 0) -> ModelAdapter:
+    """The adapter `name` with weights from `path`; `path=None` builds random weights from `seed` (tests)."""
+    if name == "tiny_t2i":
+        from diffrl.models.tiny_t2i import TinyT2I
+
+        if path is None:
+            torch.manual_seed(seed)
+            return TinyT2I(shapes_vocabulary())
+        return TinyT2I.from_pretrained(path)
+    raise ValueError(f"model.name: unknown model {name!r}; allowed: ['tiny_t2i']")
+
+
+def shapes_vocabulary() -> list[str]:
+    """Every word of the shapes world's captions, sorted (the tiny model's word-level vocabulary)."""
+    from diffrl.models.shapes_world import all_prompts
+
+    return sorted({word for entry in all_prompts() for word in entry["prompt"].lower().split()})
+
+
+def apply_lora(model: ModelAdapter, rank: int, alpha: float, target_modules: list[str] | None) -> None:
+    """Wrap `model.denoiser` in a peft LoRA model (base weights frozen, adapters trainable)."""
+    from peft import LoraConfig, get_peft_model
+
+    config = LoraConfig(
+        r=rank, lora_alpha=alpha, target_modules=target_modules or model.lora_target_modules(), lora_dropout=0.0
+    )
+    model.denoiser = get_peft_model(model.denoiser, config)
+
+
+def is_lora(module: nn.Module) -> bool:
+    from peft import PeftModel
+
+    return isinstance(module, PeftModel)
+
+
+def trainable_state_dict(denoiser: nn.Module) -> dict[str, torch.Tensor]:
+    """What a weight sync moves: only adapter tensors for LoRA, every denoiser tensor otherwise (detached copies)."""
+    if is_lora(denoiser):
+        from peft import get_peft_model_state_dict
+
+        state = get_peft_model_state_dict(denoiser)
+    else:
+        state = denoiser.state_dict()
+    return {k: v.detach().clone().contiguous() for k, v in state.items()}
+
+
+def load_trainable_state_dict(denoiser: nn.Module, state: dict[str, Any]) -> None:
+    if is_lora(denoiser):
+        from peft import set_peft_model_state_dict
+
+        result = set_peft_model_state_dict(denoiser, state)
+        if getattr(result, "unexpected_keys", None):
+            raise KeyError(f"unexpected LoRA keys in weight sync: {result.unexpected_keys[:5]}")
+    else:
+        denoiser.load_state_dict(state)

@@ -1,0 +1,76 @@
+"""The Ray backend of WorkerGroup: workers become actors placed on a ResourcePool (a Ray placement group)."""
+
+from __future__ import annotations
+
+from typing import Any, Sequence
+
+import ray
+from ray.util.placement_group import PlacementGroup, placement_group, remove_placement_group
+from ray.util.scheduling_strategies import PlacementGroupSchedulingStrategy
+
+from diffrl.platform.worker import Placement
+
+
+class PlacementTimeout(RuntimeError):
+    """A resource pool could not be placed; the message names the pool and what the cluster has."""
+
+
+class ResourcePool:
+    """`num_bundles` bundles of `cpus`/`gpus` each, reserved together. Groups that share a pool colocate: worker i
+    of every group lands on bundle i, each taking its Placement's share of the bundle (fractional GPUs)."""
+
+    def __init__(self, name: str, num_bundles: int, cpus: float, gpus: float = 0.0, timeout_s: float = 60.0) -> None:
+        self.name = name
+        bundle: dict[str, float] = {"CPU": cpus}
+        if gpus:
+            bundle["GPU"] = gpus
+        self.bundles = [dict(bundle) for _ in range(num_bundles)]
+        self.group: PlacementGroup = placement_group(self.bundles, strategy="PACK", name=f"diffrl-{name}")
+        try:
+            ray.get(self.group.ready(), timeout=timeout_s)
+        except ray.exceptions.GetTimeoutError:
+            remove_placement_group(self.group)
+            raise PlacementTimeout(
+                f"resource pool '{name}' ({num_bundles} x {bundle}) could not be placed in {timeout_s:.0f}s; "
+                f"the cluster has {ray.cluster_resources()} of which {ray.available_resources()} are free"
+            ) from None
+
+    def remove(self) -> None:
+        remove_placement_group(self.group)
+
+
+class RayBackend:
+    """Creates each group's actors on the bundles of one ResourcePool."""
+
+    def __init__(self, pool: ResourcePool) -> None:
+        self.pool = pool
+
+    def create(self, cls: type, args: Sequence[tuple], placement: Placement, name: str) -> list[Any]:
+        if len(args) > len(self.pool.bundles):
+            raise ValueError(f"group {name} wants {len(args)} workers; pool '{self.pool.name}' has "
+                             f"{len(self.pool.bundles)} bundles")
+        actor_cls = ray.remote(cls)
+        return [
+            actor_cls.options(
+                name=None,
+                num_cpus=placement.num_cpus,
+                num_gpus=placement.num_gpus,
+                scheduling_strategy=PlacementGroupSchedulingStrategy(
+                    placement_group=self.pool.group, placement_group_bundle_index=index
+                ),
+            ).remote(*worker_args)
+            for index, worker_args in enumerate(args)
+        ]
+
+    def call(self, handle: Any, method: str, *args: Any, **kwargs: Any) -> Any:
+        return getattr(handle, method).remote(*args, **kwargs)
+
+    def get(self, futures: Sequence[Any], timeout: float | None = None) -> list[Any]:
+        return ray.get(list(futures), timeout=timeout)
+
+    def put(self, value: Any) -> Any:
+        return ray.put(value)
+
+    def kill(self, handles: Sequence[Any]) -> None:
+        for handle in handles:
+            ray.kill(handle)

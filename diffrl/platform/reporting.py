@@ -1,0 +1,76 @@
+"""What a run writes for people: metrics.jsonl, sample grids with their prompts, reward curves."""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+from typing import Any, Sequence
+
+import numpy as np
+from PIL import Image, ImageDraw
+
+
+class MetricsLog:
+    """Appends one JSON object per line; a line is written whole (flushed) so a crash never leaves half a record."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+
+    def write(self, record: dict[str, Any]) -> None:
+        with self.path.open("a") as handle:
+            handle.write(json.dumps(record, sort_keys=True) + "\n")
+
+    def read(self) -> list[dict[str, Any]]:
+        if not self.path.exists():
+            return []
+        return [json.loads(line) for line in self.path.read_text().splitlines() if line.strip()]
+
+
+def sample_grid(
+    images: np.ndarray, prompts: Sequence[str], per_row: int, path: Path, scale: int = 4, title: str = ""
+) -> None:
+    """Save rows of `per_row` images, one prompt per row with its caption on the left, upscaled `scale`x."""
+    rows = math.ceil(len(images) / per_row)
+    h, w = images.shape[1] * scale, images.shape[2] * scale
+    label_w, pad, top = 260, 4, 24 if title else 4
+    canvas = Image.new("RGB", (label_w + per_row * (w + pad), top + rows * (h + pad)), (255, 255, 255))
+    draw = ImageDraw.Draw(canvas)
+    if title:
+        draw.text((4, 4), title, fill=(0, 0, 0))
+    for index, image in enumerate(images):
+        row, col = divmod(index, per_row)
+        tile = Image.fromarray(image).resize((w, h), Image.NEAREST)
+        canvas.paste(tile, (label_w + col * (w + pad), top + row * (h + pad)))
+        if col == 0:
+            draw.text((4, top + row * (h + pad) + h // 2 - 6), prompts[index][:42], fill=(0, 0, 0))
+    canvas.save(path)
+
+
+def plot_curves(records: list[dict[str, Any]], path: Path, title: str) -> None:
+    """Training reward per step (with a moving average) and held-out eval points, as one PNG."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    train = [(r["step"], r["reward/mean"]) for r in records if "reward/mean" in r]
+    evals = [(r["step"], r["eval/headline"]) for r in records if "eval/headline" in r]
+    fig, ax = plt.subplots(figsize=(7, 4))
+    if train:
+        steps, values = zip(*train)
+        ax.plot(steps, values, color="tab:blue", alpha=0.35, label="train reward (batch mean)")
+        window = max(1, len(values) // 15)
+        smooth = np.convolve(values, np.ones(window) / window, mode="valid")
+        ax.plot(steps[window - 1 :], smooth, color="tab:blue", label=f"train reward ({window}-step mean)")
+    if evals:
+        steps, values = zip(*evals)
+        ax.plot(steps, values, "o-", color="tab:red", label="held-out eval")
+    ax.set_xlabel("RL step")
+    ax.set_ylabel("reward")
+    ax.set_title(title)
+    ax.grid(alpha=0.3)
+    ax.legend(loc="best")
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)

@@ -1,0 +1,255 @@
+"""The RL controller: one short loop over roles (rollout, reward, learner), the same on Ray and in-process."""
+
+from __future__ import annotations
+
+import os
+import socket
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable
+
+import numpy as np
+import torch
+from tqdm import tqdm
+
+from diffrl.algorithms.advantages import group_advantages
+from diffrl.platform.config import RLJobConfig, dump_job
+from diffrl.platform.reporting import MetricsLog, plot_curves, sample_grid
+from diffrl.platform.worker import LocalBackend, Placement, WorkerGroup, split_evenly
+from diffrl.workers.batch import RolloutBatch, SampleRequest
+from diffrl.workers.learner import LearnerWorker
+from diffrl.workers.reward import RewardWorker
+from diffrl.workers.rollout import RolloutWorker
+
+EVAL_SEED_BASE = 1_000_000_000  # eval seeds never collide with training seeds (< 2**30)
+
+
+def prompt_splits(cfg: RLJobConfig) -> tuple[list[dict], list[dict]]:
+    from diffrl.models.shapes_world import prompt_splits as shapes_splits
+
+    return shapes_splits(heldout_fraction=cfg.data.heldout_fraction, seed=cfg.data.split_seed)
+
+
+def step_requests(prompts: list[dict], cfg: RLJobConfig, step: int) -> list[SampleRequest]:
+    """The step's prompts (deterministic in (seed, step)) times group_size samples, each with its own seed."""
+    rng = np.random.default_rng([cfg.seed, step])
+    k = cfg.rollout.prompts_per_step
+    chosen = rng.choice(len(prompts), size=k, replace=k > len(prompts))
+    seeds = rng.integers(0, 2**30, size=k * cfg.rollout.group_size)
+    return [
+        SampleRequest(prompts[p]["prompt"], prompts[p], group, int(seeds[group * cfg.rollout.group_size + j]))
+        for group, p in enumerate(chosen)
+        for j in range(cfg.rollout.group_size)
+    ]
+
+
+def eval_requests(prompts: list[dict], seeds_per_prompt: int) -> list[SampleRequest]:
+    return [
+        SampleRequest(entry["prompt"], entry, group, EVAL_SEED_BASE + j)
+        for group, entry in enumerate(prompts)
+        for j in range(seeds_per_prompt)
+    ]
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+@dataclass
+class Roles:
+    rollout: WorkerGroup
+    reward: WorkerGroup
+    learner: WorkerGroup
+
+    def shutdown(self) -> None:
+        for group in (self.rollout, self.reward, self.learner):
+            group.shutdown()
+
+
+def start_roles(cfg: RLJobConfig) -> Roles:
+    """Create and set up every role's worker group (Ray actors on resource pools, or in-process)."""
+    cores = os.cpu_count() or 1
+    model_cfg = cfg.model.model_dump()
+    rollout_args = [(model_cfg, cfg.rollout.model_dump(), max(1, cores // cfg.rollout.num_workers))] * (
+        cfg.rollout.num_workers
+    )
+    reward_args = [([spec.model_dump() for spec in cfg.reward.rewards],)] * cfg.reward.num_workers
+    n_learners = cfg.learner.num_workers
+    samples_per_rank = cfg.rollout.prompts_per_step * cfg.rollout.group_size // n_learners
+    port = free_port()
+    learner_args = [
+        (rank, n_learners, port, model_cfg, cfg.learner.model_dump(), samples_per_rank, max(1, cores // n_learners))
+        for rank in range(n_learners)
+    ]
+    if cfg.backend == "local":
+        backend = LocalBackend()
+        backends = {"rollout": backend, "reward": backend, "learner": backend}
+    else:
+        from diffrl.cluster.local import connect_ray
+        from diffrl.platform.ray_backend import RayBackend, ResourcePool
+
+        connect_ray(cfg.ray.address, cfg.ray.num_cpus, cfg.ray.num_gpus)
+        backends = {
+            role: RayBackend(ResourcePool(role, section.num_workers, section.cpus_per_worker,
+                                          getattr(section, "gpus_per_worker", 0.0)))
+            for role, section in (("rollout", cfg.rollout), ("reward", cfg.reward), ("learner", cfg.learner))
+        }
+    roles = Roles(
+        rollout=WorkerGroup(backends["rollout"], RolloutWorker, rollout_args,
+                            Placement(cfg.rollout.cpus_per_worker, cfg.rollout.gpus_per_worker), "rollout"),
+        reward=WorkerGroup(backends["reward"], RewardWorker, reward_args,
+                           Placement(cfg.reward.cpus_per_worker), "reward"),
+        learner=WorkerGroup(backends["learner"], LearnerWorker, learner_args,
+                            Placement(cfg.learner.cpus_per_worker, cfg.learner.gpus_per_worker), "learner"),
+    )
+    # Learner ranks must set up together: init_distributed waits for every rank.
+    futures = [*roles.learner.broadcast("setup"), *roles.rollout.broadcast("setup"), *roles.reward.broadcast("setup")]
+    roles.learner.get(futures)
+    return roles
+
+
+def generate_and_score(roles: Roles, requests: list[SampleRequest]) -> RolloutBatch:
+    """Rollout shards over the rollout group, then score them over the reward group; rows stay in request order."""
+    shards = split_evenly(requests, len(roles.rollout))
+    batch = RolloutBatch.concat(roles.rollout.get(roles.rollout.scatter("generate", shards)))
+    index_shards = split_evenly(list(range(len(batch))), len(roles.reward))
+    futures = [
+        roles.reward.call(i % len(roles.reward), "score", batch.images[rows], [batch.prompts[r] for r in rows],
+                          [batch.metadata[r] for r in rows])
+        for i, rows in enumerate(index_shards)
+    ]
+    outputs = roles.reward.get(futures)
+    batch.rewards = torch.tensor([s for out in outputs for s in out.scores], dtype=torch.float32)
+    batch.reward_details = {key: [v for out in outputs for v in out.details[key]] for key in outputs[0].details}
+    return batch
+
+
+def eval_metrics(batch: RolloutBatch, metric: str) -> dict[str, float]:
+    """Mean of every numeric reward detail, per tag and averaged over tags (GenEval's overall score)."""
+    tags = [m.get("tag", "all") for m in batch.metadata]
+    out: dict[str, float] = {"eval/reward": float(batch.rewards.mean())}
+    for key, values in batch.reward_details.items():
+        if not values or not isinstance(values[0], (int, float)):
+            continue
+        per_tag = {tag: float(np.mean([v for v, g in zip(values, tags) if g == tag])) for tag in sorted(set(tags))}
+        out.update({f"eval/{key}/{tag}": value for tag, value in per_tag.items()})
+        out[f"eval/{key}"] = float(np.mean(list(per_tag.values())))
+    if f"eval/{metric}" not in out:
+        known = sorted(k.removeprefix("eval/") for k in out if k.count("/") == 1)
+        raise KeyError(f"trainer.eval_metric: {metric!r} is not produced by the rewards; available: {known}")
+    out["eval/headline"] = out[f"eval/{metric}"]
+    return out
+
+
+def compute_advantages(batch: RolloutBatch, cfg: RLJobConfig) -> torch.Tensor:
+    awm = cfg.learner.awm
+    adv = group_advantages(batch.rewards, batch.group_ids, global_std=awm.global_std, clip=awm.adv_clip,
+                           scale=awm.adv_clip)
+    return torch.where(adv < 0, adv * awm.negative_scale, adv)
+
+
+def prepare_run_dir(cfg: RLJobConfig) -> Path:
+    """runs/NAME, or runs/NAME_2, ... when it exists: a new run never overwrites an old one."""
+    base = cfg.run_dir
+    run_dir, suffix = base, 2
+    while run_dir.exists():
+        run_dir, suffix = base.with_name(f"{base.name}_{suffix}"), suffix + 1
+    run_dir.mkdir(parents=True)
+    (run_dir / "config.yaml").write_text(dump_job(cfg))
+    return run_dir
+
+
+def save_weights(roles: Roles, run_dir: Path, name: str) -> Path:
+    """Learner rank 0's trainable tensors as safetensors, written to a temp file and renamed (atomic)."""
+    from safetensors.torch import save_file
+
+    weights, version = roles.learner.get([roles.learner.call(0, "get_weights")])[0]
+    path = run_dir / f"{name}.safetensors"
+    tmp = path.with_suffix(".tmp")
+    save_file(weights, str(tmp), metadata={"version": str(version)})
+    os.replace(tmp, path)
+    return path
+
+
+def run_rl(cfg: RLJobConfig, echo: Callable[[str], None] = print) -> dict[str, Any]:
+    """Run an RL job; returns the summary (base and final headline, run dir)."""
+    train_prompts, heldout_prompts = prompt_splits(cfg)
+    eval_prompts = heldout_prompts if cfg.trainer.eval_prompts == "heldout" else train_prompts
+    run_dir = prepare_run_dir(cfg)
+    log = MetricsLog(run_dir / "metrics.jsonl")
+    echo(f"diffrl: run directory {run_dir}")
+    t0 = time.perf_counter()
+    roles = start_roles(cfg)
+    echo(f"diffrl: roles ready in {time.perf_counter() - t0:.1f}s "
+         f"({len(roles.rollout)} rollout, {len(roles.reward)} reward, {len(roles.learner)} learner, {cfg.backend})")
+    try:
+        evaluations = _train(cfg, roles, train_prompts, eval_prompts, run_dir, log)
+        weights_path = save_weights(roles, run_dir, "final")
+    finally:
+        roles.shutdown()
+    plot_curves(log.read(), run_dir / "reward_curve.png", f"{cfg.name}: {cfg.trainer.eval_label}")
+    base, final = evaluations[0], evaluations[-1]
+    summary = {"run_dir": str(run_dir), "base": base, "final": final, "weights": str(weights_path)}
+    log.write({"summary/base": base, "summary/final": final, "step": cfg.trainer.steps})
+    echo(f"held-out {cfg.trainer.eval_label}: base {base:.3f} -> final {final:.3f}")
+    return summary
+
+
+def _evaluate(cfg: RLJobConfig, roles: Roles, prompts: list[dict], step: int, log: MetricsLog) -> tuple:
+    batch = generate_and_score(roles, eval_requests(prompts, cfg.trainer.eval_seeds_per_prompt))
+    metrics = eval_metrics(batch, cfg.trainer.eval_metric)
+    log.write({"step": step, **metrics})
+    return metrics["eval/headline"], batch
+
+
+def _grid(cfg: RLJobConfig, batch: RolloutBatch, path: Path, title: str) -> None:
+    per_prompt = cfg.trainer.eval_seeds_per_prompt
+    rows = min(cfg.trainer.sample_grid_prompts, len(batch) // per_prompt)
+    keep = [p * per_prompt + j for p in range(rows) for j in range(min(per_prompt, 8))]
+    sample_grid(batch.images[keep], [batch.prompts[i] for i in keep], min(per_prompt, 8), path, title=title)
+
+
+def _train(cfg: RLJobConfig, roles: Roles, train_prompts: list[dict], eval_prompts: list[dict], run_dir: Path,
+           log: MetricsLog) -> list[float]:
+    base, base_batch = _evaluate(cfg, roles, eval_prompts, 0, log)
+    _grid(cfg, base_batch, run_dir / "samples_before.png", f"before RL: {cfg.trainer.eval_label} {base:.3f}")
+    evaluations = [base]
+    bar = tqdm(range(cfg.trainer.steps), desc="RL", unit="step", dynamic_ncols=True)
+    for step in bar:
+        times: dict[str, float] = {}
+        tick = time.perf_counter()
+        batch = generate_and_score(roles, step_requests(train_prompts, cfg, step))
+        times["time/rollout_and_reward"] = time.perf_counter() - tick
+        batch.advantages = compute_advantages(batch, cfg)
+
+        tick = time.perf_counter()
+        shards = [batch.select(rows) for rows in split_evenly(list(range(len(batch))), len(roles.learner))]
+        results = roles.learner.get(roles.learner.scatter("update", shards, step=step))
+        times["time/learn"] = time.perf_counter() - tick
+
+        tick = time.perf_counter()
+        version = roles.rollout.get(roles.rollout.broadcast("load_weights", roles.learner.call(0, "get_weights")))
+        times["time/sync"] = time.perf_counter() - tick
+        times["time/step"] = sum(times.values())
+
+        record = {"step": step + 1, "reward/mean": float(batch.rewards.mean()), "reward/std": float(batch.rewards.std()),
+                  "weight_version": int(version[0]), **times}
+        record.update({f"train/{k}": float(np.mean([r[k] for r in results])) for k in results[0]})
+        record.update({f"reward/{k}": float(np.mean(v)) for k, v in batch.reward_details.items()
+                       if v and isinstance(v[0], (int, float))})
+        log.write(record)
+        bar.set_postfix(reward=f"{record['reward/mean']:.3f}", step_s=f"{times['time/step']:.2f}")
+        last = step + 1 == cfg.trainer.steps
+        if last or (cfg.trainer.eval_every and (step + 1) % cfg.trainer.eval_every == 0):
+            score, eval_batch = _evaluate(cfg, roles, eval_prompts, step + 1, log)
+            evaluations.append(score)
+            bar.write(f"step {step + 1}: held-out {cfg.trainer.eval_label} {score:.3f}")
+            if last:
+                _grid(cfg, eval_batch, run_dir / "samples_after.png", f"after RL: {cfg.trainer.eval_label} {score:.3f}")
+        if cfg.trainer.checkpoint_every and (step + 1) % cfg.trainer.checkpoint_every == 0:
+            save_weights(roles, run_dir, f"step_{step + 1:06d}")
+    bar.close()
+    return evaluations

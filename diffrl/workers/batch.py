@@ -1,0 +1,73 @@
+"""What travels between roles: sample requests in, rollout batches out."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field, fields, replace
+
+import numpy as np
+import torch
+
+
+@dataclass(frozen=True)
+class SampleRequest:
+    """One sample to generate: its prompt (with GenEval-style metadata), its group (one per prompt) and its seed."""
+
+    prompt: str
+    metadata: dict
+    group_id: int
+    seed: int
+
+
+@dataclass
+class RolloutBatch:
+    """Samples with everything the losses and the report need. Row i of every field is sample i."""
+
+    prompts: list[str]
+    metadata: list[dict]
+    group_ids: torch.Tensor  # long [N]
+    seeds: torch.Tensor  # long [N]
+    samples: torch.Tensor  # clean samples x0 in model space, float32 [N, C, H, W]
+    images: np.ndarray  # uint8 [N, H, W, 3]
+    grid: torch.Tensor  # sampler time grid [S + 1], from 1 to 0
+    weight_version: torch.Tensor  # long [N]: the learner weight version that produced each sample
+    rewards: torch.Tensor | None = None  # float [N], the weighted total
+    reward_details: dict[str, list] = field(default_factory=dict)
+    advantages: torch.Tensor | None = None
+
+    def __len__(self) -> int:
+        return len(self.prompts)
+
+    def select(self, index: torch.Tensor | list[int]) -> RolloutBatch:
+        rows = torch.as_tensor(index, dtype=torch.long)
+        picked = {}
+        for f in fields(self):
+            value = getattr(self, f.name)
+            if f.name == "grid" or value is None:
+                picked[f.name] = value
+            elif isinstance(value, torch.Tensor):
+                picked[f.name] = value[rows]
+            elif isinstance(value, np.ndarray):
+                picked[f.name] = value[rows.numpy()]
+            elif isinstance(value, dict):
+                picked[f.name] = {k: [v[i] for i in rows.tolist()] for k, v in value.items()}
+            else:
+                picked[f.name] = [value[i] for i in rows.tolist()]
+        return replace(self, **picked)
+
+    @staticmethod
+    def concat(batches: list[RolloutBatch]) -> RolloutBatch:
+        first = batches[0]
+        joined = {}
+        for f in fields(first):
+            values = [getattr(b, f.name) for b in batches]
+            if f.name == "grid" or values[0] is None:
+                joined[f.name] = values[0]
+            elif isinstance(values[0], torch.Tensor):
+                joined[f.name] = torch.cat(values)
+            elif isinstance(values[0], np.ndarray):
+                joined[f.name] = np.concatenate(values)
+            elif isinstance(values[0], dict):
+                joined[f.name] = {k: [x for v in values for x in v[k]] for k in values[0]}
+            else:
+                joined[f.name] = [x for v in values for x in v]
+        return RolloutBatch(**joined)

@@ -1,0 +1,86 @@
+"""RolloutWorker: holds an inference copy of the policy and generates seeded samples for sample requests."""
+
+from __future__ import annotations
+
+from typing import Any, Sequence
+
+import torch
+
+from diffrl.models.adapter import concat_conditioning
+from diffrl.models.registry import apply_lora, build_model, load_trainable_state_dict
+from diffrl.workers.batch import RolloutBatch, SampleRequest
+from diffrl.workers.sampling import sample
+
+
+class RolloutWorker:
+    """Generates RolloutBatches. Weights arrive from the learner through `load_weights` with a version number."""
+
+    def __init__(self, model_cfg: dict, rollout_cfg: dict, num_threads: int = 1) -> None:
+        self.model_cfg = model_cfg
+        self.cfg = rollout_cfg
+        self.num_threads = num_threads
+        self.model = None
+        self.weight_version = 0
+        self._cond_cache: dict[str, Any] = {}
+
+    def setup(self) -> None:
+        torch.set_num_threads(self.num_threads)
+        self.model = build_model(self.model_cfg["name"], self.model_cfg["path"])
+        lora = self.model_cfg["lora"]
+        if lora["enabled"]:
+            apply_lora(self.model, lora["rank"], lora["alpha"], lora["target_modules"])
+        self.model.eval().requires_grad_(False)
+
+    def _encode(self, prompts: Sequence[str]):
+        missing = sorted(set(prompts) - set(self._cond_cache))
+        if missing:
+            with torch.no_grad():
+                cond = self.model.encode_prompts(missing)
+            for index, prompt in enumerate(missing):
+                self._cond_cache[prompt] = {k: v[index : index + 1] for k, v in cond.items()}
+        return concat_conditioning([self._cond_cache[p] for p in prompts])
+
+    def generate(
+        self, requests: Sequence[SampleRequest], num_steps: int | None = None, sampler: str | None = None
+    ) -> RolloutBatch:
+        """Sample every request (in micro-batches of rollout.batch_size); row i answers request i."""
+        num_steps = num_steps or self.cfg["num_steps"]
+        sampler = sampler or self.cfg["sampler"]
+        autocast = torch.bfloat16 if self.cfg["precision"] == "bf16" else None
+        chunks, size = [], self.cfg["batch_size"]
+        for start in range(0, len(requests), size):
+            part = requests[start : start + size]
+            seeds = [r.seed for r in part]
+            result = sample(
+                self.model, self._encode([r.prompt for r in part]), seeds, num_steps,
+                sampler=sampler, noise_level=self.cfg["noise_level"], autocast_dtype=autocast,
+            )
+            chunks.append(
+                RolloutBatch(
+                    prompts=[r.prompt for r in part],
+                    metadata=[r.metadata for r in part],
+                    group_ids=torch.tensor([r.group_id for r in part], dtype=torch.long),
+                    seeds=torch.tensor(seeds, dtype=torch.long),
+                    samples=result.samples,
+                    images=self.model.decode(result.samples),
+                    grid=result.grid,
+                    weight_version=torch.full((len(part),), self.weight_version, dtype=torch.long),
+                )
+            )
+        return RolloutBatch.concat(chunks)
+
+    def load_weights(self, payload: tuple[dict[str, torch.Tensor], int]) -> int:
+        """Apply a learner's `get_weights()` result (trainable tensors, version); returns the version."""
+        weights, version = payload
+        load_trainable_state_dict(self.model.denoiser, weights)
+        self.weight_version = version
+        return version
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"weight_version": self.weight_version}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.weight_version = int(state["weight_version"])
+
+    def health(self) -> dict[str, Any]:
+        return {"ready": self.model is not None, "weight_version": self.weight_version}

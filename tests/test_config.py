@@ -1,0 +1,65 @@
+"""Job files: validation before any work, clear messages naming the key path, exit code 2, nothing written."""
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from diffrl.platform.config import ConfigError, RLJobConfig, apply_overrides, load_job
+
+REPO = Path(__file__).resolve().parents[1]
+DEFAULT_JOB = REPO / "configs" / "shapes_awm.yaml"
+
+
+def test_default_job_validates_and_overrides_apply():
+    cfg = load_job(DEFAULT_JOB, ["trainer.steps=20", "rollout.group_size=4", "learner.awm.kl_beta=0.01"])
+    assert isinstance(cfg, RLJobConfig)
+    assert (cfg.trainer.steps, cfg.rollout.group_size, cfg.learner.awm.kl_beta) == (20, 4, 0.01)
+
+
+def test_override_parsing_keeps_original_and_types_values():
+    data = {"trainer": {"steps": 5}}
+    out = apply_overrides(data, ["trainer.steps=7", "name=abc", "reward.rewards=[{name: x}]"])
+    assert data == {"trainer": {"steps": 5}}
+    assert out["trainer"]["steps"] == 7 and out["name"] == "abc" and out["reward"]["rewards"] == [{"name": "x"}]
+    with pytest.raises(ConfigError, match="key.path=value"):
+        apply_overrides(data, ["trainer.steps"])
+
+
+@pytest.mark.parametrize(
+    "override, expected",
+    [
+        ("trainer.stpes=3", r"trainer\.stpes: unknown key"),
+        ("rollout.group_size=1", r"rollout\.group_size: Input should be greater than or equal to 2"),
+        ("rollout.sampler=euler", r"rollout\.sampler: got 'euler'"),
+        ("learner.lr=fast", r"learner\.lr: Input should be a valid number"),
+        ("learner.num_workers=3", r"learner\.num_workers=3 must divide"),
+        ("learner.awm.num_timesteps=9", r"learner\.awm\.num_timesteps=9 exceeds the 8 training timesteps"),
+        ("kind=painting", r"kind: got 'painting'; allowed: \['rl'\]"),
+    ],
+)
+def test_bad_values_name_the_key_path(override, expected):
+    with pytest.raises(ConfigError, match=expected):
+        load_job(DEFAULT_JOB, [override])
+
+
+def test_cli_exits_2_and_writes_nothing(tmp_path):
+    job = tmp_path / "job.yaml"
+    job.write_text(DEFAULT_JOB.read_text() + "\nbogus_section: {a: 1}\n")
+    out_dir = tmp_path / "runs"
+    proc = subprocess.run(
+        [sys.executable, "-m", "diffrl.platform.cli", "run", str(job), f"output_dir={out_dir}",
+         "rollout.group_size=0"],
+        capture_output=True, text=True, cwd=tmp_path, timeout=120,
+    )
+    assert proc.returncode == 2
+    assert "bogus_section: unknown key" in proc.stderr
+    assert "rollout.group_size" in proc.stderr
+    assert not out_dir.exists()
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["job.yaml"]
+
+
+def test_missing_job_file_is_named(tmp_path):
+    with pytest.raises(ConfigError, match="job file not found: .*nope.yaml"):
+        load_job(tmp_path / "nope.yaml")
