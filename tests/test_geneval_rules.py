@@ -182,7 +182,16 @@ def test_reward_output_is_valid_and_checks_inputs():
     images = np.zeros((2, 30, 30, 3), dtype=np.uint8)
     out = validate_reward_output("geneval", reward(images, ["a", "b"], [SINGLE, COLOR]), 2)
     assert out.scores == [1.0, 1.0]
-    assert out.details == {"strict": [1.0, 1.0], "correct": [1.0, 1.0], "tag": ["single_object", "colors"]}
+    assert out.details == {"partial": [1.0, 1.0], "strict": [1.0, 1.0], "correct": [1.0, 1.0],
+                           "tag": ["single_object", "colors"]}
+    # A wrong color: partial credit trains by default, the strict score can be chosen instead.
+    wrong = GenEvalReward(FixedDetector([circle()]), BoxColors({box(0, 0): "blue"}), colors=("red", "blue"))
+    assert wrong(images[:1], ["a"], [COLOR]).scores == [0.5]
+    strict = GenEvalReward(FixedDetector([circle()]), BoxColors({box(0, 0): "blue"}), colors=("red", "blue"),
+                           score="strict")
+    assert strict(images[:1], ["a"], [COLOR]).scores == [0.0]
+    with pytest.raises(ValueError, match="'partial' or 'strict'"):
+        GenEvalReward(FixedDetector([]), BoxColors({}), score="best")
     with pytest.raises(ValueError, match="uint8"):
         reward(images.astype(np.float32), ["a", "b"], [SINGLE, COLOR])
     with pytest.raises(ValueError, match="2 images, 1 prompts"):

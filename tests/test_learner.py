@@ -82,3 +82,17 @@ def test_lora_learner_trains_only_adapters_and_kl_starts_at_zero(batch):
     assert weights and all("lora_" in k for k in weights)
     assert metrics[0]["kl"] == 0.0  # B adapters start at zero: the policy equals the reference
     assert all(torch.isfinite(torch.tensor(v)) for v in metrics[0].values())
+
+
+@pytest.mark.parametrize("shared", [False, True])
+def test_training_rows_are_split_invariant_and_optionally_shared_per_group(batch, shared):
+    cfg = job()
+    cfg.learner.awm.shared_noise = shared
+    learner = LearnerWorker(0, 1, 0, cfg.model.model_dump(), cfg.learner.model_dump(), len(batch))
+    learner.device = torch.device("cpu")
+    rows = learner._rows(batch, step=3)
+    half = learner._rows(batch.select([4, 5, 6, 7]), step=3)
+    torch.testing.assert_close(half["eps"], rows["eps"][8:], rtol=0, atol=0)  # 2 timesteps per sample
+    eps = rows["eps"].reshape(8, 2, -1)
+    assert torch.equal(eps[0], eps[1]) == shared  # samples 0 and 1 share a prompt group
+    assert not torch.equal(eps[0], eps[4])  # different prompts never share noise

@@ -50,6 +50,11 @@ def _check_group(group: WorkerGroup) -> None:
     assert [s["calls"] for s in states] == [3, 2, 2]
 
 
+def test_local_cluster_is_loopback_only(ray_cluster):
+    assert ray_cluster.util.get_node_ip_address() == "127.0.0.1"
+    assert ray_cluster.get_runtime_context().gcs_address.startswith("127.0.0.1:")
+
+
 def test_ray_group_orders_results_by_shard(ray_cluster):
     pool = ResourcePool("echo", num_bundles=3, cpus=1)
     try:

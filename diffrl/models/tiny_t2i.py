@@ -126,7 +126,7 @@ class TinyT2I(ModelAdapter):
             list(prompts), padding="max_length", max_length=self.config["max_tokens"], truncation=True,
             return_tensors="pt",
         )
-        out = self.text_encoder(input_ids=batch["input_ids"])
+        out = self.text_encoder(input_ids=batch["input_ids"].to(self.text_encoder.device))
         return {"tokens": out.last_hidden_state, "pooled": out.pooler_output}
 
     def decode(self, samples: torch.Tensor) -> np.ndarray:

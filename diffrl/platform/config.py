@@ -67,6 +67,7 @@ class AWMConfig(Section):
     adv_clip: float = Field(5.0, gt=0)
     negative_scale: float = Field(1.0, ge=0, le=1, description="multiplies negative advantages (collapse guard)")
     global_std: bool = False
+    shared_noise: bool = Field(False, description="one set of training timesteps and noise per prompt group")
 
 
 class LearnerConfig(Section):

@@ -65,7 +65,7 @@ def plot_curves(records: list[dict[str, Any]], path: Path, title: str) -> None:
         ax.plot(steps[window - 1 :], smooth, color="tab:blue", label=f"train reward ({window}-step mean)")
     if evals:
         steps, values = zip(*evals)
-        ax.plot(steps, values, "o-", color="tab:red", label="held-out eval")
+        ax.plot(steps, values, "o-", color="tab:red", label="held-out eval (headline metric)")
     ax.set_xlabel("RL step")
     ax.set_ylabel("reward")
     ax.set_title(title)

@@ -9,6 +9,7 @@ from diffrl.rewards.shapes_detector import ShapesColorClassifier, ShapesDetector
 
 
 @register_reward("geneval_shapes")
-def geneval_shapes() -> GenEvalReward:
-    """GenEval's rules on the shapes world: the exact per-cell detector, colors classified among the world's palette."""
-    return GenEvalReward(ShapesDetector(), ShapesColorClassifier(), colors=tuple(COLORS))
+def geneval_shapes(score: str = "partial") -> GenEvalReward:
+    """GenEval's rules on the shapes world: the exact per-cell detector, colors classified among the world's palette.
+    `score`: "partial" (Flow-GRPO's partial credit) or "strict" as the training signal."""
+    return GenEvalReward(ShapesDetector(), ShapesColorClassifier(), colors=tuple(COLORS), score=score)

@@ -199,12 +199,22 @@ def evaluate_geneval(
 
 
 class GenEvalReward:
-    """The GenEval reward: scores = Flow-GRPO partial credit; details hold strict, correct and tag per image."""
+    """The GenEval reward. `score` picks the training signal: "partial" (Flow-GRPO's partial credit) or "strict"
+    (1 when every clause holds exactly); details always hold score, strict, correct and tag per image."""
 
-    def __init__(self, detector: Detector, color_classifier: ColorClassifier, colors: Sequence[str] = GENEVAL_COLORS):
+    def __init__(
+        self,
+        detector: Detector,
+        color_classifier: ColorClassifier,
+        colors: Sequence[str] = GENEVAL_COLORS,
+        score: str = "partial",
+    ):
+        if score not in ("partial", "strict"):
+            raise ValueError(f"geneval score must be 'partial' or 'strict', got {score!r}")
         self.detector = detector
         self.color_classifier = color_classifier
         self.colors = tuple(colors)
+        self.score = score
 
     def __call__(self, images: np.ndarray, prompts: Sequence[str], metadata: Sequence[dict]) -> RewardOutput:
         if images.ndim != 4 or images.shape[-1] != 3 or images.dtype != np.uint8:
@@ -216,8 +226,9 @@ class GenEvalReward:
             for image, meta in zip(images, metadata)
         ]
         return RewardOutput(
-            scores=[r.score for r in results],
+            scores=[r.strict if self.score == "strict" else r.score for r in results],
             details={
+                "partial": [r.score for r in results],
                 "strict": [r.strict for r in results],
                 "correct": [r.correct for r in results],
                 "tag": [meta["tag"] for meta in metadata],

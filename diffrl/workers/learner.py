@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import copy
 import os
+import zlib
 from contextlib import contextmanager
 from typing import Any, Iterator
 
@@ -73,7 +74,6 @@ class LearnerWorker:
             self.model.denoiser.requires_grad_(True)
         params = [p for p in self.model.denoiser.parameters() if p.requires_grad]
         awm = self.cfg["awm"]
-        self.ema = [p.detach().clone() for p in params] if awm["ema_beta"] > 0 else None
 
         rows = self.samples_per_rank * awm["num_timesteps"]
         micro = largest_divisor_at_most(rows, self.cfg["micro_batch_size"])
@@ -95,6 +95,11 @@ class LearnerWorker:
         )
         self.micro_batch = micro
         self._params = params
+        self.device = self.engine.device
+        self.model.text_encoder.to(self.device)
+        if self.reference is not None:
+            self.reference.to(self.device)
+        self.ema = [p.detach().clone() for p in params] if awm["ema_beta"] > 0 else None
 
     # ------------------------------------------------------------------------------------------- training
     @contextmanager
@@ -122,8 +127,11 @@ class LearnerWorker:
         """Expand samples into (sample, timestep) rows with per-sample seeded timesteps and noise."""
         awm = self.cfg["awm"]
         ts, eps = [], []
-        for seed in batch.seeds.tolist():
-            gen = torch.Generator().manual_seed(seed * 7919 + step)
+        for seed, prompt in zip(batch.seeds.tolist(), batch.prompts):
+            # Shared noise gives every sample of a prompt's group the same timesteps and noise (common random
+            # numbers), so regions the samples share get nearly cancelling gradients instead of independent noise.
+            key = zlib.crc32(prompt.encode()) if awm["shared_noise"] else seed
+            gen = torch.Generator().manual_seed(key * 7919 + step)
             ts.append(stratified_timesteps(batch.grid, awm["num_timesteps"], gen))
             eps.append(torch.randn((awm["num_timesteps"], *batch.samples.shape[1:]), generator=gen))
         t = torch.stack(ts).float().reshape(-1)
@@ -131,8 +139,9 @@ class LearnerWorker:
         x0 = batch.samples[sample_index]
         noise = torch.cat(eps)
         t_b = t.view(-1, 1, 1, 1)
-        return {"index": sample_index, "t": t, "x0": x0, "eps": noise, "x_t": (1 - t_b) * x0 + t_b * noise,
+        rows = {"t": t, "x0": x0, "eps": noise, "x_t": (1 - t_b) * x0 + t_b * noise,
                 "advantages": batch.advantages.float()[sample_index]}
+        return {"index": sample_index, **{key: value.to(self.device) for key, value in rows.items()}}
 
     def update(self, batch: RolloutBatch, step: int) -> dict[str, float]:
         """One optimizer step of AWM on this rank's shard; returns rank-local metrics (the controller averages)."""
@@ -164,6 +173,8 @@ class LearnerWorker:
                 loss = loss + awm["ema_beta"] * ema_kl
                 totals["ema_kl"] += float(ema_kl.detach()) * len(t) / count
             self.engine.backward(loss)
+            if self.engine.is_gradient_accumulation_boundary():
+                grad_norm = self._grad_norm()
             self.engine.step()
             mse = ((v.detach() - (rows["eps"][sl] - rows["x0"][sl])) ** 2).flatten(1).mean(1).mean()
             for key, value in (("loss", loss), ("policy_loss", policy), ("kl", kl), ("mse", mse)):
@@ -171,8 +182,13 @@ class LearnerWorker:
         if self.ema is not None:
             ema_update_(self.ema, self._params, ema_decay(step, awm["ema_rate"], awm["ema_max_decay"]))
         self.version += 1
-        totals["grad_norm"] = float(self.engine.get_global_grad_norm() or 0.0)
+        totals["grad_norm"] = float(self.engine.get_global_grad_norm() or grad_norm)
         return totals
+
+    def _grad_norm(self) -> float:
+        """Norm of the reduced gradients before clipping (ZeRO-1/2 report theirs through the engine instead)."""
+        grads = [p.grad for p in self._params if p.grad is not None]
+        return float(torch.linalg.vector_norm(torch.stack([torch.linalg.vector_norm(g) for g in grads]))) if grads else 0.0
 
     def get_weights(self) -> tuple[dict[str, torch.Tensor], int]:
         """Trainable tensors (adapters only under LoRA) and their version, for the rollout workers."""

@@ -29,7 +29,7 @@ class RolloutWorker:
         lora = self.model_cfg["lora"]
         if lora["enabled"]:
             apply_lora(self.model, lora["rank"], lora["alpha"], lora["target_modules"])
-        self.model.eval().requires_grad_(False)
+        self.model.to("cuda" if torch.cuda.is_available() else "cpu").eval().requires_grad_(False)
 
     def _encode(self, prompts: Sequence[str]):
         missing = sorted(set(prompts) - set(self._cond_cache))

@@ -36,16 +36,23 @@ def sample(
     null_cond: Conditioning | None = None,
     autocast_dtype: torch.dtype | None = None,
 ) -> SampleResult:
-    """Integrate from the seeds' noise at t=1 to t=0 on an even grid of `num_steps` steps."""
+    """Integrate from the seeds' noise at t=1 to t=0 on an even grid of `num_steps` steps, on the model's device.
+
+    Noise is drawn on the CPU from per-seed generators (identical on every device), and samples return on the CPU.
+    The last step is always the ODE step, so SDE samples end clean (Flow-GRPO adds noise there too; in pixel space
+    that noise would be visible and scored).
+    """
+    device = next(model.denoiser.parameters()).device
     grid = timestep_grid(num_steps)
-    x = model.initial_noise(seeds)
+    x = model.initial_noise(seeds).to(device)
     for index in range(num_steps):
         sigma, sigma_next = float(grid[index]), float(grid[index + 1])
-        t = torch.full((len(seeds),), sigma)
-        with torch.autocast("cpu", dtype=autocast_dtype, enabled=autocast_dtype is not None):
+        t = torch.full((len(seeds),), sigma, device=device)
+        with torch.autocast(device.type, dtype=autocast_dtype, enabled=autocast_dtype is not None):
             v = model.velocity(x, t, cond, guidance_scale=guidance_scale, null_cond=null_cond).float()
         if sampler == "sde" and sigma_next > 0:
-            x = sde_step(x, v, sigma, sigma_next, noise_level, noise=step_noise(seeds, index, x.shape[1:])).sample
+            noise = step_noise(seeds, index, x.shape[1:]).to(device)
+            x = sde_step(x, v, sigma, sigma_next, noise_level, noise=noise).sample
         else:
             x = ode_step(x, v, sigma, sigma_next)
-    return SampleResult(samples=x, grid=grid)
+    return SampleResult(samples=x.cpu(), grid=grid)
