@@ -1,5 +1,6 @@
-# Two set-up commands: `make demo` and `make test`. Both create .venv when it is missing (CPU torch first: a bare
-# torch requirement would pull a multi-GB CUDA build).
+# Two set-up commands: `make demo` and `make test`. Both create .venv when it is missing. The pinned torch goes in
+# first, on its own: on the project's machines pip finds the CPU wheel on local disk; letting the package's
+# requirements pull torch instead could fetch a multi-GB CUDA build.
 PYTHON ?= python3
 VENV := .venv
 PY := $(VENV)/bin/python

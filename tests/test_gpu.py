@@ -4,6 +4,9 @@ from pathlib import Path
 
 import pytest
 import torch
+from safetensors.torch import load_file
+
+from diffrl.models.tiny_t2i import TinyT2I
 
 from diffrl.platform.config import load_job
 from diffrl.platform.rl_loop import run_rl
@@ -19,3 +22,6 @@ def test_rl_steps_on_gpu(tmp_path):
     ])
     summary = run_rl(cfg, echo=lambda _: None)
     assert torch.isfinite(torch.tensor([summary["base"], summary["final"]])).all()
+    final = load_file(summary["weights"])
+    base = TinyT2I.from_pretrained("builtin:shapes_base").denoiser.state_dict()
+    assert any(not torch.equal(final[k], base[k]) for k in final), "training on the GPU must change the weights"

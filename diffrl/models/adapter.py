@@ -51,10 +51,9 @@ class ModelAdapter(nn.Module, ABC):
         cond: Conditioning,
         guidance_scale: float = 1.0,
         null_cond: Conditioning | None = None,
-        denoiser: nn.Module | None = None,
     ) -> torch.Tensor:
         """Velocity at (x_t, t); with guidance_scale != 1, classifier-free guidance against `null_cond`."""
-        net = denoiser if denoiser is not None else self.denoiser
+        net = self.denoiser
         if guidance_scale == 1.0:
             return net(x_t, t, cond)
         if null_cond is None:

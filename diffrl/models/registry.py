@@ -46,14 +46,15 @@ def is_lora(module: nn.Module) -> bool:
 
 
 def trainable_state_dict(denoiser: nn.Module) -> dict[str, torch.Tensor]:
-    """What a weight sync moves: only adapter tensors for LoRA, every denoiser tensor otherwise (detached copies)."""
+    """What a weight sync moves: only adapter tensors for LoRA, every denoiser tensor otherwise (detached CPU copies,
+    so a CPU-only receiver can load what a GPU learner sent)."""
     if is_lora(denoiser):
         from peft import get_peft_model_state_dict
 
         state = get_peft_model_state_dict(denoiser)
     else:
         state = denoiser.state_dict()
-    return {k: v.detach().clone().contiguous() for k, v in state.items()}
+    return {k: v.detach().to("cpu", copy=True).contiguous() for k, v in state.items()}
 
 
 def load_trainable_state_dict(denoiser: nn.Module, state: dict[str, Any]) -> None:

@@ -81,7 +81,6 @@ class LearnerConfig(Section):
     grad_clip: float = Field(1.0, ge=0, description="0 disables clipping")
     zero_stage: Literal[0, 1, 2] = 0
     micro_batch_size: int = Field(64, ge=1, description="(sample, timestep) rows per forward/backward")
-    precision: Literal["fp32", "bf16"] = "fp32"
     awm: AWMConfig = AWMConfig()
 
 

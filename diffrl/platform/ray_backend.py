@@ -68,9 +68,6 @@ class RayBackend:
     def get(self, futures: Sequence[Any], timeout: float | None = None) -> list[Any]:
         return ray.get(list(futures), timeout=timeout)
 
-    def put(self, value: Any) -> Any:
-        return ray.put(value)
-
     def kill(self, handles: Sequence[Any]) -> None:
         for handle in handles:
             ray.kill(handle)

@@ -3,9 +3,9 @@
 from __future__ import annotations
 
 import os
-import socket
+import tempfile
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
 
@@ -52,10 +52,9 @@ def eval_requests(prompts: list[dict], seeds_per_prompt: int) -> list[SampleRequ
     ]
 
 
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
+def new_rendezvous() -> str:
+    """A file:// store for the learner ranks on this node (a TCP store would listen on every interface)."""
+    return f"file://{tempfile.mkdtemp(prefix='diffrl-rendezvous-')}/store"
 
 
 @dataclass
@@ -63,10 +62,14 @@ class Roles:
     rollout: WorkerGroup
     reward: WorkerGroup
     learner: WorkerGroup
+    pools: list = field(default_factory=list)
 
     def shutdown(self) -> None:
+        """Stop every worker and release the resource pools."""
         for group in (self.rollout, self.reward, self.learner):
             group.shutdown()
+        for pool in self.pools:
+            pool.remove()
 
 
 def start_roles(cfg: RLJobConfig) -> Roles:
@@ -79,24 +82,26 @@ def start_roles(cfg: RLJobConfig) -> Roles:
     reward_args = [([spec.model_dump() for spec in cfg.reward.rewards],)] * cfg.reward.num_workers
     n_learners = cfg.learner.num_workers
     samples_per_rank = cfg.rollout.prompts_per_step * cfg.rollout.group_size // n_learners
-    port = free_port()
+    rendezvous = new_rendezvous()
     learner_args = [
-        (rank, n_learners, port, model_cfg, cfg.learner.model_dump(), samples_per_rank, max(1, cores // n_learners))
+        (rank, n_learners, rendezvous, model_cfg, cfg.learner.model_dump(), samples_per_rank, max(1, cores // n_learners))
         for rank in range(n_learners)
     ]
     if cfg.backend == "local":
         backend = LocalBackend()
         backends = {"rollout": backend, "reward": backend, "learner": backend}
+        pools = {}
     else:
         from diffrl.cluster.local import connect_ray
         from diffrl.platform.ray_backend import RayBackend, ResourcePool
 
         connect_ray(cfg.ray.address, cfg.ray.num_cpus, cfg.ray.num_gpus)
-        backends = {
-            role: RayBackend(ResourcePool(role, section.num_workers, section.cpus_per_worker,
-                                          getattr(section, "gpus_per_worker", 0.0)))
+        pools = {
+            role: ResourcePool(role, section.num_workers, section.cpus_per_worker,
+                               getattr(section, "gpus_per_worker", 0.0))
             for role, section in (("rollout", cfg.rollout), ("reward", cfg.reward), ("learner", cfg.learner))
         }
+        backends = {role: RayBackend(pool) for role, pool in pools.items()}
     roles = Roles(
         rollout=WorkerGroup(backends["rollout"], RolloutWorker, rollout_args,
                             Placement(cfg.rollout.cpus_per_worker, cfg.rollout.gpus_per_worker), "rollout"),
@@ -104,10 +109,15 @@ def start_roles(cfg: RLJobConfig) -> Roles:
                            Placement(cfg.reward.cpus_per_worker), "reward"),
         learner=WorkerGroup(backends["learner"], LearnerWorker, learner_args,
                             Placement(cfg.learner.cpus_per_worker, cfg.learner.gpus_per_worker), "learner"),
+        pools=list(pools.values()),
     )
     # Learner ranks must set up together: init_distributed waits for every rank.
     futures = [*roles.learner.broadcast("setup"), *roles.rollout.broadcast("setup"), *roles.reward.broadcast("setup")]
     roles.learner.get(futures)
+    for group in (roles.rollout, roles.reward, roles.learner):
+        not_ready = [rank for rank, health in enumerate(group.run("health")) if not health["ready"]]
+        if not_ready:
+            raise RuntimeError(f"{group.name} workers {not_ready} did not become ready after setup()")
     return roles
 
 
@@ -138,7 +148,7 @@ def eval_metrics(batch: RolloutBatch, metric: str) -> dict[str, float]:
         out.update({f"eval/{key}/{tag}": value for tag, value in per_tag.items()})
         out[f"eval/{key}"] = float(np.mean(list(per_tag.values())))
     if f"eval/{metric}" not in out:
-        known = sorted(k.removeprefix("eval/") for k in out if k.count("/") == 1)
+        known = sorted(key for key, values in batch.reward_details.items() if values and isinstance(values[0], (int, float)))
         raise KeyError(f"trainer.eval_metric: {metric!r} is not produced by the rewards; available: {known}")
     out["eval/headline"] = out[f"eval/{metric}"]
     return out

@@ -39,8 +39,6 @@ class Backend(Protocol):
 
     def get(self, futures: Sequence[Any], timeout: float | None = None) -> list[Any]: ...
 
-    def put(self, value: Any) -> Any: ...
-
     def kill(self, handles: Sequence[Any]) -> None: ...
 
 
@@ -75,9 +73,6 @@ class LocalBackend:
                 raise future.error
             values.append(future.value)
         return values
-
-    def put(self, value: Any) -> Any:
-        return value
 
     def kill(self, handles: Sequence[Any]) -> None:
         return None

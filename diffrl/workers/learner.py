@@ -33,13 +33,13 @@ class LearnerWorker:
         self,
         rank: int,
         world_size: int,
-        master_port: int,
+        rendezvous: str,
         model_cfg: dict,
         learner_cfg: dict,
         samples_per_rank: int,
         num_threads: int = 1,
     ) -> None:
-        self.rank, self.world_size, self.master_port = rank, world_size, master_port
+        self.rank, self.world_size, self.rendezvous = rank, world_size, rendezvous
         self.model_cfg, self.cfg = model_cfg, learner_cfg
         self.samples_per_rank = samples_per_rank
         self.num_threads = num_threads
@@ -49,10 +49,10 @@ class LearnerWorker:
     # ----------------------------------------------------------------------------------------------- set-up
     def setup(self) -> None:
         torch.set_num_threads(self.num_threads)
-        os.environ.update(
-            RANK=str(self.rank), LOCAL_RANK="0", WORLD_SIZE=str(self.world_size),
-            MASTER_ADDR="127.0.0.1", MASTER_PORT=str(self.master_port),
-        )
+        # Ranks meet through a file store (`rendezvous`, a file:// URL on this node) instead of a TCP store, whose
+        # server would listen on every interface; gloo/NCCL connections are pinned to the loopback interface.
+        os.environ.update(RANK=str(self.rank), LOCAL_RANK="0", WORLD_SIZE=str(self.world_size),
+                          GLOO_SOCKET_IFNAME="lo", NCCL_SOCKET_IFNAME="lo")
         import deepspeed
         import deepspeed.ops
 
@@ -61,7 +61,8 @@ class LearnerWorker:
             # DeepSpeed JIT-compiles a shared-memory all-reduce for CPU inference on first init (about 2 minutes);
             # training over gloo never uses it, so skip the build.
             deepspeed.ops.__compatible_ops__["deepspeed_shm_comm"] = False
-        deepspeed.init_distributed(dist_backend="nccl" if on_gpu else "gloo", auto_mpi_discovery=False, verbose=False)
+        deepspeed.init_distributed(dist_backend="nccl" if on_gpu else "gloo", auto_mpi_discovery=False, verbose=False,
+                                   init_method=self.rendezvous, rank=self.rank, world_size=self.world_size)
 
         self.model = build_model(self.model_cfg["name"], self.model_cfg["path"])
         self.model.requires_grad_(False)
@@ -84,7 +85,6 @@ class LearnerWorker:
             "gradient_clipping": self.cfg["grad_clip"],
             "zero_optimization": {"stage": self.cfg["zero_stage"]},
             "zero_allow_untested_optimizer": True,
-            "bf16": {"enabled": self.cfg["precision"] == "bf16"},
             "steps_per_print": 10**9,
         }
         optimizer = torch.optim.AdamW(
@@ -99,7 +99,11 @@ class LearnerWorker:
         self.model.text_encoder.to(self.device)
         if self.reference is not None:
             self.reference.to(self.device)
-        self.ema = [p.detach().clone() for p in params] if awm["ema_beta"] > 0 else None
+        self.ema_model, self.ema = None, None
+        if awm["ema_beta"] > 0:
+            self.ema_model = copy.deepcopy(self.engine.module).eval().requires_grad_(False)
+            ema_named = dict(self.ema_model.named_parameters())
+            self.ema = [ema_named[n] for n, p in self.engine.module.named_parameters() if p.requires_grad]
 
     # ------------------------------------------------------------------------------------------- training
     @contextmanager
@@ -109,19 +113,6 @@ class LearnerWorker:
         else:
             with self.engine.module.disable_adapter():
                 yield self.engine.module
-
-    @contextmanager
-    def _ema_weights(self) -> Iterator[nn.Module]:
-        live = [p.detach().clone() for p in self._params]
-        with torch.no_grad():
-            for param, ema in zip(self._params, self.ema):
-                param.copy_(ema)
-        try:
-            yield self.engine.module
-        finally:
-            with torch.no_grad():
-                for param, saved in zip(self._params, live):
-                    param.copy_(saved)
 
     def _rows(self, batch: RolloutBatch, step: int) -> dict[str, torch.Tensor]:
         """Expand samples into (sample, timestep) rows with per-sample seeded timesteps and noise."""
@@ -167,8 +158,8 @@ class LearnerWorker:
             kl = velocity_kl(v, v_ref).mean()
             loss = loss + awm["kl_beta"] * kl
             if self.ema is not None:
-                with torch.no_grad(), self._ema_weights() as ema_model:
-                    v_ema = ema_model(x_t, t, row_cond)
+                with torch.no_grad():
+                    v_ema = self.ema_model(x_t, t, row_cond)
                 ema_kl = velocity_kl(v, v_ema).mean()
                 loss = loss + awm["ema_beta"] * ema_kl
                 totals["ema_kl"] += float(ema_kl.detach()) * len(t) / count
@@ -203,9 +194,3 @@ class LearnerWorker:
 
     def health(self) -> dict[str, Any]:
         return {"ready": self.engine is not None, "rank": self.rank, "version": self.version}
-
-    def shutdown(self) -> None:
-        import torch.distributed as dist
-
-        if dist.is_initialized():
-            dist.destroy_process_group()
