@@ -7,7 +7,6 @@ import torch
 from safetensors.torch import load_file
 
 from diffrl.models.tiny_t2i import TinyT2I
-
 from diffrl.platform.config import load_job
 from diffrl.platform.rl_loop import run_rl
 

@@ -32,9 +32,10 @@ def batch():
     return out
 
 
-def run_learners(cfg: RLJobConfig, batch, backend_pool=None):
+def run_learners(cfg: RLJobConfig, batch, scratch, backend_pool=None):
     n = cfg.learner.num_workers
-    rendezvous = new_rendezvous()
+    scratch.mkdir(parents=True, exist_ok=True)
+    rendezvous = new_rendezvous(scratch)
     args = [(r, n, rendezvous, cfg.model.model_dump(), cfg.learner.model_dump(), len(batch) // n) for r in range(n)]
     backend = RayBackend(backend_pool) if backend_pool else LocalBackend()
     group = WorkerGroup(backend, LearnerWorker, args, Placement(num_cpus=1), "learner")
@@ -48,11 +49,11 @@ def run_learners(cfg: RLJobConfig, batch, backend_pool=None):
         group.shutdown()
 
 
-def test_two_zero2_learners_match_one_learner(ray_cluster, batch):
+def test_two_zero2_learners_match_one_learner(ray_cluster, batch, tmp_path):
     pool = ResourcePool("learners", num_bundles=2, cpus=1)
     try:
-        one_metrics, (one,) = run_learners(job(num_workers=1, zero_stage=2), batch, pool)
-        two_metrics, (rank0, rank1) = run_learners(job(num_workers=2, zero_stage=2), batch, pool)
+        one_metrics, (one,) = run_learners(job(num_workers=1, zero_stage=2), batch, tmp_path / "one", pool)
+        two_metrics, (rank0, rank1) = run_learners(job(num_workers=2, zero_stage=2), batch, tmp_path / "two", pool)
     finally:
         pool.remove()
     assert all(torch.equal(rank0[k], rank1[k]) for k in rank0)  # ranks agree exactly after the step
@@ -71,11 +72,11 @@ def _initial():
     return build_model("tiny_t2i", None).denoiser.state_dict()
 
 
-def test_lora_learner_trains_only_adapters_and_kl_starts_at_zero(batch):
+def test_lora_learner_trains_only_adapters_and_kl_starts_at_zero(batch, tmp_path):
     cfg = job(lr=1e-2)
     cfg.model.lora.enabled = True
     cfg.learner.awm.ema_beta = 1.0  # the EMA trust-region path runs too
-    metrics, (weights,) = run_learners(cfg, batch)
+    metrics, (weights,) = run_learners(cfg, batch, tmp_path)
     assert weights and all("lora_" in k for k in weights)
     assert any(k.endswith("lora_B.weight") and v.abs().sum() > 0 for k, v in weights.items())  # B starts at 0
     assert metrics[0]["kl"] == 0.0  # B adapters start at zero: the policy equals the reference

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import shutil
 import tempfile
 import time
 from dataclasses import dataclass, field
@@ -52,9 +53,10 @@ def eval_requests(prompts: list[dict], seeds_per_prompt: int) -> list[SampleRequ
     ]
 
 
-def new_rendezvous() -> str:
-    """A file:// store for the learner ranks on this node (a TCP store would listen on every interface)."""
-    return f"file://{tempfile.mkdtemp(prefix='diffrl-rendezvous-')}/store"
+def new_rendezvous(directory: Path) -> str:
+    """A file:// store in `directory` for the learner ranks on this node (a TCP store would listen on every
+    interface)."""
+    return f"file://{directory.resolve()}/store"
 
 
 @dataclass
@@ -63,13 +65,16 @@ class Roles:
     reward: WorkerGroup
     learner: WorkerGroup
     pools: list = field(default_factory=list)
+    scratch: Path | None = None  # holds the learners' rendezvous store
 
     def shutdown(self) -> None:
-        """Stop every worker and release the resource pools."""
+        """Stop every worker, release the resource pools and remove the scratch directory."""
         for group in (self.rollout, self.reward, self.learner):
             group.shutdown()
         for pool in self.pools:
             pool.remove()
+        if self.scratch is not None:
+            shutil.rmtree(self.scratch, ignore_errors=True)
 
 
 def start_roles(cfg: RLJobConfig) -> Roles:
@@ -82,7 +87,8 @@ def start_roles(cfg: RLJobConfig) -> Roles:
     reward_args = [([spec.model_dump() for spec in cfg.reward.rewards],)] * cfg.reward.num_workers
     n_learners = cfg.learner.num_workers
     samples_per_rank = cfg.rollout.prompts_per_step * cfg.rollout.group_size // n_learners
-    rendezvous = new_rendezvous()
+    scratch = Path(tempfile.mkdtemp(prefix="diffrl-"))
+    rendezvous = new_rendezvous(scratch)
     learner_args = [
         (rank, n_learners, rendezvous, model_cfg, cfg.learner.model_dump(), samples_per_rank, max(1, cores // n_learners))
         for rank in range(n_learners)
@@ -110,6 +116,7 @@ def start_roles(cfg: RLJobConfig) -> Roles:
         learner=WorkerGroup(backends["learner"], LearnerWorker, learner_args,
                             Placement(cfg.learner.cpus_per_worker, cfg.learner.gpus_per_worker), "learner"),
         pools=list(pools.values()),
+        scratch=scratch,
     )
     # Learner ranks must set up together: init_distributed waits for every rank.
     futures = [*roles.learner.broadcast("setup"), *roles.rollout.broadcast("setup"), *roles.reward.broadcast("setup")]
@@ -148,7 +155,8 @@ def eval_metrics(batch: RolloutBatch, metric: str) -> dict[str, float]:
         out.update({f"eval/{key}/{tag}": value for tag, value in per_tag.items()})
         out[f"eval/{key}"] = float(np.mean(list(per_tag.values())))
     if f"eval/{metric}" not in out:
-        known = sorted(key for key, values in batch.reward_details.items() if values and isinstance(values[0], (int, float)))
+        known = sorted(key for key, values in batch.reward_details.items()
+                       if values and isinstance(values[0], (int, float)))
         raise KeyError(f"trainer.eval_metric: {metric!r} is not produced by the rewards; available: {known}")
     out["eval/headline"] = out[f"eval/{metric}"]
     return out

@@ -200,7 +200,7 @@ def evaluate_geneval(
 
 class GenEvalReward:
     """The GenEval reward. `score` picks the training signal: "partial" (Flow-GRPO's partial credit) or "strict"
-    (1 when every clause holds exactly); details always hold score, strict, correct and tag per image."""
+    (1 when every clause holds exactly); details always hold partial, strict, correct and tag per image."""
 
     def __init__(
         self,

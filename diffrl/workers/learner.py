@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import copy
 import os
+import socket
 import zlib
 from contextlib import contextmanager
 from typing import Any, Iterator
@@ -51,8 +52,10 @@ class LearnerWorker:
         torch.set_num_threads(self.num_threads)
         # Ranks meet through a file store (`rendezvous`, a file:// URL on this node) instead of a TCP store, whose
         # server would listen on every interface; gloo/NCCL connections are pinned to the loopback interface.
-        os.environ.update(RANK=str(self.rank), LOCAL_RANK="0", WORLD_SIZE=str(self.world_size),
-                          GLOO_SOCKET_IFNAME="lo", NCCL_SOCKET_IFNAME="lo")
+        os.environ.update(RANK=str(self.rank), LOCAL_RANK="0", WORLD_SIZE=str(self.world_size))
+        loopback = next((name for _, name in socket.if_nameindex() if name.startswith("lo")), "lo")  # lo0 on macOS
+        os.environ.setdefault("GLOO_SOCKET_IFNAME", loopback)
+        os.environ.setdefault("NCCL_SOCKET_IFNAME", loopback)
         import deepspeed
         import deepspeed.ops
 
