@@ -10,6 +10,7 @@ from diffrl.platform.rl_loop import new_rendezvous
 from diffrl.platform.worker import LocalBackend, Placement, WorkerGroup, split_evenly
 from diffrl.workers.batch import SampleRequest
 from diffrl.workers.learner import LearnerWorker
+from diffrl.workers.objectives import build_objective
 from diffrl.workers.rollout import RolloutWorker
 
 PROMPTS = ["a photo of a red circle", "a photo of two squares"]
@@ -43,17 +44,18 @@ def run_learners(cfg: RLJobConfig, batch, scratch, backend_pool=None):
         group.run("setup")
         shards = [batch.select(rows) for rows in split_evenly(list(range(len(batch))), n)]
         metrics = group.get(group.scatter("update", shards, step=0))
-        weights = [w for w, _ in group.run("get_weights")]
+        weights = [payload.tensors() for payload in group.run("get_weights")]
         return metrics, weights
     finally:
         group.shutdown()
 
 
-def test_two_zero2_learners_match_one_learner(ray_cluster, batch, tmp_path):
+@pytest.mark.parametrize("stage", [2, 3])
+def test_two_zero_learners_match_one_learner(ray_cluster, batch, tmp_path, stage):
     pool = ResourcePool("learners", num_bundles=2, cpus=1)
     try:
-        one_metrics, (one,) = run_learners(job(num_workers=1, zero_stage=2), batch, tmp_path / "one", pool)
-        two_metrics, (rank0, rank1) = run_learners(job(num_workers=2, zero_stage=2), batch, tmp_path / "two", pool)
+        one_metrics, (one,) = run_learners(job(num_workers=1, zero_stage=stage), batch, tmp_path / "one", pool)
+        two_metrics, (rank0, rank1) = run_learners(job(num_workers=2, zero_stage=stage), batch, tmp_path / "two", pool)
     finally:
         pool.remove()
     assert all(torch.equal(rank0[k], rank1[k]) for k in rank0)  # ranks agree exactly after the step
@@ -87,10 +89,9 @@ def test_lora_learner_trains_only_adapters_and_kl_starts_at_zero(batch, tmp_path
 def test_training_rows_are_split_invariant_and_optionally_shared_per_group(batch, shared):
     cfg = job()
     cfg.learner.awm.shared_noise = shared
-    learner = LearnerWorker(0, 1, "", cfg.model.model_dump(), cfg.learner.model_dump(), len(batch))
-    learner.device = torch.device("cpu")
-    rows = learner._rows(batch, step=3)
-    half = learner._rows(batch.select([4, 5, 6, 7]), step=3)
+    objective = build_objective(cfg.learner.model_dump(), cfg.rollout.model_dump())
+    rows = objective.rows(batch, step=3)
+    half = objective.rows(batch.select([4, 5, 6, 7]), step=3)
     torch.testing.assert_close(half["eps"], rows["eps"][8:], rtol=0, atol=0)  # 2 timesteps per sample
     eps = rows["eps"].reshape(8, 2, -1)
     assert torch.equal(eps[0], eps[1]) == shared  # samples 0 and 1 share a prompt group

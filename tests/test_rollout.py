@@ -3,6 +3,7 @@
 import torch
 
 from diffrl.platform.config import RLJobConfig
+from diffrl.platform.weight_sync import pack
 from diffrl.workers.batch import RolloutBatch, SampleRequest
 from diffrl.workers.rollout import RolloutWorker
 
@@ -49,5 +50,5 @@ def test_rollout_batch_records_weight_version_and_images():
     assert batch.images.shape == (3, 30, 30, 3) and batch.images.dtype.name == "uint8"
     assert batch.weight_version.tolist() == [0, 0, 0]
     weights = {k: v + 0.01 for k, v in worker.model.denoiser.state_dict().items()}
-    assert worker.load_weights((weights, 3)) == 3
+    assert worker.load_weights(pack(weights, version=3)) == 3
     assert worker.generate(requests(1)).weight_version.tolist() == [3]

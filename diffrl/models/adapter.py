@@ -26,6 +26,15 @@ def concat_conditioning(conds: Sequence[Conditioning]) -> Conditioning:
     return {key: torch.cat([cond[key] for cond in conds]) for key in conds[0]}
 
 
+def encode_each(model: "ModelAdapter", prompts: Sequence[str]) -> Conditioning:
+    """Encode prompts one at a time, so that a prompt's encoding never depends on the batch it came in.
+
+    Rollout workers and learners both encode this way: Flow-GRPO's on-policy importance ratio is then exactly 1,
+    because the learner recomputes the rollout's log-probs from bit-identical conditioning.
+    """
+    return concat_conditioning([model.encode_prompts([prompt]) for prompt in prompts])
+
+
 class ModelAdapter(nn.Module, ABC):
     """A text-to-image flow model seen by diffrl. Subclasses set `denoiser` and `sample_shape`."""
 

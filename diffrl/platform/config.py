@@ -49,8 +49,12 @@ class RolloutConfig(Section):
     prompts_per_step: int = Field(8, ge=1, description="distinct prompts per RL step")
     group_size: int = Field(8, ge=2, description="samples per prompt; advantages are computed within a group")
     num_steps: int = Field(10, ge=1, description="sampler steps per rollout")
-    sampler: Literal["ode", "sde"] = "ode"
-    noise_level: float = Field(0.7, ge=0, le=1.0, description="SDE noise level a (sampler: sde)")
+    sampler: Literal["ode", "sde", "cps"] = Field("ode", description="ode, Flow-GRPO's sde, or cps (coefficient-preserving)")
+    noise_level: float = Field(0.7, ge=0, le=1.0, description="SDE/CPS noise level a")
+    sde_window: int = Field(
+        0, ge=0, description="Flow-GRPO-Fast: SDE only inside a random window of this many steps in the first half "
+        "(only those steps are stored and trained); 0 makes every step but the last stochastic",
+    )
     precision: Literal["fp32", "bf16"] = "fp32"
     batch_size: int = Field(64, ge=1, description="samples per forward pass inside a worker")
 
@@ -59,6 +63,7 @@ class AWMConfig(Section):
     """Advantage Weighted Matching (arXiv 2509.25050); defaults from ALGORITHMS.md, tuned for the shapes world."""
 
     num_timesteps: int = Field(6, ge=1, description="training timesteps per sample (strata of the rollout grid)")
+    timestep_fraction: float = Field(0.9, gt=0, le=1, description="strata cover grid steps [1, fraction * steps)")
     huber_p: float = Field(0.25, gt=0, le=1)
     kl_beta: float = Field(1e-3, ge=0, description="weight of ||v - v_ref||^2 to the frozen base")
     ema_beta: float = Field(0.0, ge=0, description="weight of the EMA trust region ||v - v_ema||^2; 0 disables")
@@ -70,18 +75,48 @@ class AWMConfig(Section):
     shared_noise: bool = Field(False, description="one set of training timesteps and noise per prompt group")
 
 
+class FlowGRPOConfig(Section):
+    """Flow-GRPO (arXiv 2505.05470); defaults from the GenEval preset of yifan123/flow_grpo (ALGORITHMS.md)."""
+
+    clip_range: float = Field(1e-4, gt=0, description="PPO ratio clip eps")
+    clip_range_high: float | None = Field(None, gt=0, description="asymmetric upper clip; None uses clip_range")
+    kl_beta: float = Field(0.04, ge=0, description="weight of the KL to the reference policy's step means")
+    timestep_fraction: float = Field(1.0, gt=0, le=1, description="share of the stored steps trained per sample")
+    adv_clip: float = Field(5.0, gt=0)
+    global_std: bool = Field(True, description="advantage std over the whole batch (the presets' default)")
+
+
+class NFTConfig(Section):
+    """DiffusionNFT as Sol-RL trains it (NVlabs/Sana train_scripts/sol_rl; ALGORITHMS.md)."""
+
+    num_timesteps: int = Field(6, ge=1, description="training timesteps per sample (strata of the rollout grid)")
+    timestep_fraction: float = Field(0.9, gt=0, le=1, description="strata cover grid steps [1, fraction * steps)")
+    beta: float = Field(1.0, gt=0, description="mixing of the implicit positive/negative policies")
+    kl_weight: float = Field(1e-4, ge=0, description="weight of ||v - v_ref||^2")
+    adv_clip: float = Field(5.0, gt=0)
+    global_std: bool = False
+    old_decay_rate: float = Field(1e-3, ge=0, description="old-policy EMA decay = min(rate * step, max)")
+    old_max_decay: float = Field(0.5, ge=0, lt=1)
+
+
 class LearnerConfig(Section):
     num_workers: int = Field(1, ge=1, description="data-parallel DeepSpeed ranks")
     cpus_per_worker: float = Field(1.0, gt=0)
     gpus_per_worker: float = Field(0.0, ge=0)
-    algorithm: Literal["awm"] = "awm"
+    algorithm: Literal["awm", "flow_grpo", "nft"] = "awm"
     lr: float = Field(2e-4, gt=0)
     weight_decay: float = Field(1e-4, ge=0)
     betas: tuple[float, float] = (0.9, 0.999)
     grad_clip: float = Field(1.0, ge=0, description="0 disables clipping")
-    zero_stage: Literal[0, 1, 2] = 0
+    zero_stage: Literal[0, 1, 2, 3] = Field(0, description="ZeRO stage; 3 partitions parameters (gathered for sync)")
     micro_batch_size: int = Field(64, ge=1, description="(sample, timestep) rows per forward/backward")
+    sync_bucket_mb: float = Field(64.0, gt=0, description="weight sync packs tensors into flat buckets of this size")
+    eval_ema_decay: float = Field(
+        0.0, ge=0, lt=1, description="EMA of the trained weights used for held-out eval and the final weights; 0: off"
+    )
     awm: AWMConfig = AWMConfig()
+    flow_grpo: FlowGRPOConfig = FlowGRPOConfig()
+    nft: NFTConfig = NFTConfig()
 
 
 class RewardSpec(Section):
@@ -135,12 +170,22 @@ class RLJobConfig(Section):
                 f"learner.num_workers={self.learner.num_workers} must divide the batch "
                 f"rollout.prompts_per_step * rollout.group_size = {total}"
             )
-        strata = int(self.rollout.num_steps * 0.9) - 1  # AWM draws timesteps from grid indices [1, 0.9 * steps)
-        if self.learner.awm.num_timesteps > strata:
-            raise ValueError(
-                f"learner.awm.num_timesteps={self.learner.awm.num_timesteps} exceeds the {max(strata, 0)} training "
-                f"timesteps that rollout.num_steps={self.rollout.num_steps} offers; lower it or raise num_steps"
-            )
+        algorithm = self.learner.algorithm
+        if algorithm in ("awm", "nft"):
+            section = getattr(self.learner, algorithm)
+            wanted = section.num_timesteps
+            strata = int(self.rollout.num_steps * section.timestep_fraction) - 1  # grid indices [1, fraction * steps)
+            if wanted > strata:
+                raise ValueError(
+                    f"learner.{algorithm}.num_timesteps={wanted} exceeds the {max(strata, 0)} training timesteps "
+                    f"that rollout.num_steps={self.rollout.num_steps} offers; lower it or raise num_steps"
+                )
+        if algorithm == "flow_grpo" and self.rollout.sampler == "ode":
+            raise ValueError("learner.algorithm=flow_grpo needs stochastic rollouts with log-probs: "
+                             "set rollout.sampler to sde or cps")
+        if self.rollout.sde_window and self.rollout.sde_window > self.rollout.num_steps // 2:
+            raise ValueError(f"rollout.sde_window={self.rollout.sde_window} must fit in the first half of "
+                             f"rollout.num_steps={self.rollout.num_steps}")
         if self.backend == "local" and self.learner.num_workers > 1:
             raise ValueError("backend: local runs one learner; set learner.num_workers=1 or backend: ray")
         return self

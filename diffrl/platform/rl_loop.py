@@ -81,16 +81,18 @@ def start_roles(cfg: RLJobConfig) -> Roles:
     """Create and set up every role's worker group (Ray actors on resource pools, or in-process)."""
     cores = os.cpu_count() or 1
     model_cfg = cfg.model.model_dump()
-    rollout_args = [(model_cfg, cfg.rollout.model_dump(), max(1, cores // cfg.rollout.num_workers))] * (
-        cfg.rollout.num_workers
-    )
+    store_trajectory = cfg.learner.algorithm == "flow_grpo"
+    rollout_args = [
+        (model_cfg, cfg.rollout.model_dump(), max(1, cores // cfg.rollout.num_workers), store_trajectory)
+    ] * cfg.rollout.num_workers
     reward_args = [([spec.model_dump() for spec in cfg.reward.rewards],)] * cfg.reward.num_workers
     n_learners = cfg.learner.num_workers
     samples_per_rank = cfg.rollout.prompts_per_step * cfg.rollout.group_size // n_learners
     scratch = Path(tempfile.mkdtemp(prefix="diffrl-"))
     rendezvous = new_rendezvous(scratch)
     learner_args = [
-        (rank, n_learners, rendezvous, model_cfg, cfg.learner.model_dump(), samples_per_rank, max(1, cores // n_learners))
+        (rank, n_learners, rendezvous, model_cfg, cfg.learner.model_dump(), samples_per_rank,
+         max(1, cores // n_learners), cfg.rollout.model_dump())
         for rank in range(n_learners)
     ]
     if cfg.backend == "local":
@@ -128,10 +130,10 @@ def start_roles(cfg: RLJobConfig) -> Roles:
     return roles
 
 
-def generate_and_score(roles: Roles, requests: list[SampleRequest]) -> RolloutBatch:
+def generate_and_score(roles: Roles, requests: list[SampleRequest], **generate_kwargs: Any) -> RolloutBatch:
     """Rollout shards over the rollout group, then score them over the reward group; rows stay in request order."""
     shards = split_evenly(requests, len(roles.rollout))
-    batch = RolloutBatch.concat(roles.rollout.get(roles.rollout.scatter("generate", shards)))
+    batch = RolloutBatch.concat(roles.rollout.get(roles.rollout.scatter("generate", shards, **generate_kwargs)))
     index_shards = split_evenly(list(range(len(batch))), len(roles.reward))
     futures = [
         roles.reward.call(i % len(roles.reward), "score", batch.images[rows], [batch.prompts[r] for r in rows],
@@ -163,10 +165,16 @@ def eval_metrics(batch: RolloutBatch, metric: str) -> dict[str, float]:
 
 
 def compute_advantages(batch: RolloutBatch, cfg: RLJobConfig) -> torch.Tensor:
-    awm = cfg.learner.awm
-    adv = group_advantages(batch.rewards, batch.group_ids, global_std=awm.global_std, clip=awm.adv_clip,
-                           scale=awm.adv_clip)
-    return torch.where(adv < 0, adv * awm.negative_scale, adv)
+    """Per-prompt advantages as each method defines them (ALGORITHMS.md): AWM clips to +-5 and divides by 5 (then
+    damps negatives by awm.negative_scale); Flow-GRPO clips to +-5; DiffusionNFT clips inside its loss."""
+    algorithm = cfg.learner.algorithm
+    section = getattr(cfg.learner, algorithm)
+    scale = section.adv_clip if algorithm == "awm" else 1.0
+    adv = group_advantages(batch.rewards, batch.group_ids, global_std=section.global_std, clip=section.adv_clip,
+                           scale=scale)
+    if algorithm == "awm":
+        adv = torch.where(adv < 0, adv * section.negative_scale, adv)
+    return adv
 
 
 def prepare_run_dir(cfg: RLJobConfig) -> Path:
@@ -180,14 +188,14 @@ def prepare_run_dir(cfg: RLJobConfig) -> Path:
     return run_dir
 
 
-def save_weights(roles: Roles, run_dir: Path, name: str) -> Path:
-    """Learner rank 0's trainable tensors as safetensors, written to a temp file and renamed (atomic)."""
+def save_weights(roles: Roles, run_dir: Path, name: str, ema: bool = False, zero_stage: int = 0) -> Path:
+    """Learner rank 0's trainable tensors (or its eval EMA's) as safetensors, written to a temp file and renamed."""
     from safetensors.torch import save_file
 
-    weights, version = roles.learner.get([roles.learner.call(0, "get_weights")])[0]
+    payload = roles.learner.get([learner_weights(roles, ema, zero_stage)])[0]
     path = run_dir / f"{name}.safetensors"
     tmp = path.with_suffix(".tmp")
-    save_file(weights, str(tmp), metadata={"version": str(version)})
+    save_file({k: v.clone() for k, v in payload.tensors().items()}, str(tmp), metadata={"version": str(payload.version)})
     os.replace(tmp, path)
     return path
 
@@ -205,7 +213,8 @@ def run_rl(cfg: RLJobConfig, echo: Callable[[str], None] = print) -> dict[str, A
          f"({len(roles.rollout)} rollout, {len(roles.reward)} reward, {len(roles.learner)} learner, {cfg.backend})")
     try:
         evaluations = _train(cfg, roles, train_prompts, eval_prompts, run_dir, log)
-        weights_path = save_weights(roles, run_dir, "final")
+        weights_path = save_weights(roles, run_dir, "final", ema=cfg.learner.eval_ema_decay > 0,
+                                    zero_stage=cfg.learner.zero_stage)
     finally:
         roles.shutdown()
     plot_curves(log.read(), run_dir / "reward_curve.png", f"{cfg.name}: {cfg.trainer.eval_label}")
@@ -216,8 +225,31 @@ def run_rl(cfg: RLJobConfig, echo: Callable[[str], None] = print) -> dict[str, A
     return summary
 
 
+def learner_weights(roles: Roles, ema: bool = False, zero_stage: int = 0) -> Any:
+    """A future of learner rank 0's weight payload. Under ZeRO-3 (gathering is collective) every rank is asked and
+    the other ranks' calls are awaited; only rank 0's payload travels on."""
+    if zero_stage != 3 or ema:
+        return roles.learner.call(0, "get_weights", ema=ema)
+    futures = roles.learner.broadcast("get_weights", ema=ema)
+    roles.learner.get(futures[1:])
+    return futures[0]
+
+
+def sync_weights(roles: Roles, cfg: RLJobConfig, ema: bool = False) -> int:
+    """Send learner rank 0's trainable weights (or its eval EMA's) to every rollout worker; returns the version."""
+    payload = learner_weights(roles, ema, cfg.learner.zero_stage)
+    versions = roles.rollout.get(roles.rollout.broadcast("load_weights", payload))
+    return int(versions[0])
+
+
 def _evaluate(cfg: RLJobConfig, roles: Roles, prompts: list[dict], step: int, log: MetricsLog) -> tuple:
-    batch = generate_and_score(roles, eval_requests(prompts, cfg.trainer.eval_seeds_per_prompt))
+    """Held-out eval with the deterministic ODE sampler (and the eval EMA weights when learner.eval_ema_decay > 0)."""
+    use_ema = cfg.learner.eval_ema_decay > 0 and step > 0
+    if use_ema:
+        sync_weights(roles, cfg, ema=True)
+    batch = generate_and_score(roles, eval_requests(prompts, cfg.trainer.eval_seeds_per_prompt), sampler="ode")
+    if use_ema:
+        sync_weights(roles, cfg)
     metrics = eval_metrics(batch, cfg.trainer.eval_metric)
     log.write({"step": step, **metrics})
     return metrics["eval/headline"], batch
@@ -249,12 +281,12 @@ def _train(cfg: RLJobConfig, roles: Roles, train_prompts: list[dict], eval_promp
         times["time/learn"] = time.perf_counter() - tick
 
         tick = time.perf_counter()
-        version = roles.rollout.get(roles.rollout.broadcast("load_weights", roles.learner.call(0, "get_weights")))
+        version = sync_weights(roles, cfg)
         times["time/sync"] = time.perf_counter() - tick
         times["time/step"] = sum(times.values())
 
         record = {"step": step + 1, "reward/mean": float(batch.rewards.mean()), "reward/std": float(batch.rewards.std()),
-                  "weight_version": int(version[0]), **times}
+                  "weight_version": version, **times}
         record.update({f"train/{k}": float(np.mean([r[k] for r in results])) for k in results[0]})
         record.update({f"reward/{k}": float(np.mean(v)) for k, v in batch.reward_details.items()
                        if v and isinstance(v[0], (int, float))})
@@ -268,6 +300,6 @@ def _train(cfg: RLJobConfig, roles: Roles, train_prompts: list[dict], eval_promp
             if last:
                 _grid(cfg, eval_batch, run_dir / "samples_after.png", f"after RL: {cfg.trainer.eval_label} {score:.3f}")
         if cfg.trainer.checkpoint_every and (step + 1) % cfg.trainer.checkpoint_every == 0:
-            save_weights(roles, run_dir, f"step_{step + 1:06d}")
+            save_weights(roles, run_dir, f"step_{step + 1:06d}", zero_stage=cfg.learner.zero_stage)
     bar.close()
     return evaluations

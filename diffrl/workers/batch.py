@@ -33,6 +33,11 @@ class RolloutBatch:
     rewards: torch.Tensor | None = None  # float [N], the weighted total
     reward_details: dict[str, list] = field(default_factory=dict)
     advantages: torch.Tensor | None = None
+    # Flow-GRPO only (see sampling.SampleResult): per sample its K stochastic steps.
+    latents: torch.Tensor | None = None  # [N, K, C, H, W]
+    next_latents: torch.Tensor | None = None  # [N, K, C, H, W]
+    log_probs: torch.Tensor | None = None  # [N, K], the rollout policy's log-probs ("old" log-probs)
+    step_index: torch.Tensor | None = None  # [N, K] long, sampler step of each stored transition
 
     def __len__(self) -> int:
         return len(self.prompts)

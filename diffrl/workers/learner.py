@@ -1,28 +1,28 @@
-"""LearnerWorker: one data-parallel rank of a DeepSpeed engine that trains the denoiser (LoRA or full) with AWM.
+"""LearnerWorker: one data-parallel rank of a DeepSpeed engine that trains the denoiser (LoRA or full) with AWM,
+Flow-GRPO or DiffusionNFT (`diffrl.workers.objectives`).
 
-Each rank receives its shard of the rollout batch. Every (sample, training timestep) pair is one row; a row's
-timestep and noise are drawn from a generator seeded by the sample's seed and the RL step, so the rows do not depend
-on how the batch was split, and N ranks compute the same update as one rank (DeepSpeed averages gradients over
-ranks and scales micro-batch losses by 1 / gradient_accumulation_steps).
+Each rank receives its shard of the rollout batch and expands it into rows (see the objectives); rows do not depend
+on how the batch was split, so N ranks compute the same update as one rank (DeepSpeed averages gradients over ranks
+and scales micro-batch losses by 1 / gradient_accumulation_steps).
 """
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import os
 import socket
-import zlib
-from contextlib import contextmanager
-from typing import Any, Iterator
+from typing import Any
 
 import torch
 from torch import nn
 
-from diffrl.algorithms.awm import awm_log_prob, awm_loss, ema_decay, ema_update_, velocity_kl
-from diffrl.algorithms.flow_matching import stratified_timesteps
-from diffrl.models.adapter import select_conditioning
+from diffrl.algorithms.awm import ema_decay, ema_update_
+from diffrl.models.adapter import Conditioning, encode_each, select_conditioning
 from diffrl.models.registry import apply_lora, build_model, load_trainable_state_dict, trainable_state_dict
+from diffrl.platform.weight_sync import DEFAULT_BUCKET_MB, WeightPayload, pack
 from diffrl.workers.batch import RolloutBatch
+from diffrl.workers.objectives import build_objective
 
 
 def largest_divisor_at_most(n: int, limit: int) -> int:
@@ -39,11 +39,13 @@ class LearnerWorker:
         learner_cfg: dict,
         samples_per_rank: int,
         num_threads: int = 1,
+        rollout_cfg: dict | None = None,
     ) -> None:
         self.rank, self.world_size, self.rendezvous = rank, world_size, rendezvous
         self.model_cfg, self.cfg = model_cfg, learner_cfg
         self.samples_per_rank = samples_per_rank
         self.num_threads = num_threads
+        self.objective = build_objective(learner_cfg, rollout_cfg)
         self.version = 0
         self.engine = None
 
@@ -72,14 +74,24 @@ class LearnerWorker:
         lora = self.model_cfg["lora"]
         if lora["enabled"]:
             apply_lora(self.model, lora["rank"], lora["alpha"], lora["target_modules"])
-            self.reference = None  # the base model is the denoiser with adapters disabled
+            self.frozen_reference = None  # the base model is the denoiser with adapters disabled
         else:
-            self.reference = copy.deepcopy(self.model.denoiser).eval()
+            self.frozen_reference = copy.deepcopy(self.model.denoiser).eval()
             self.model.denoiser.requires_grad_(True)
         params = [p for p in self.model.denoiser.parameters() if p.requires_grad]
-        awm = self.cfg["awm"]
+        # Shadow copies of the trained weights: the objective's (AWM trust region, NFT old policy) and the eval EMA.
+        # They are plain modules copied before DeepSpeed wraps (and, under ZeRO-3, partitions) the denoiser.
+        wanted = dict(self.objective.shadows)
+        if self.cfg.get("eval_ema_decay", 0.0) > 0:
+            wanted["eval"] = (0.0, self.cfg["eval_ema_decay"])
+        self.shadows: dict[str, tuple[nn.Module, list[torch.Tensor], tuple[float, float]]] = {}
+        for name, schedule in wanted.items():
+            module = copy.deepcopy(self.model.denoiser).eval().requires_grad_(False)
+            named = dict(module.named_parameters())
+            tracked = [named[n] for n, p in self.model.denoiser.named_parameters() if p.requires_grad]
+            self.shadows[name] = (module, tracked, schedule)
 
-        rows = self.samples_per_rank * awm["num_timesteps"]
+        rows = self.samples_per_rank * self.objective.rows_per_sample
         micro = largest_divisor_at_most(rows, self.cfg["micro_batch_size"])
         ds_config = {
             "train_micro_batch_size_per_gpu": micro,
@@ -100,81 +112,56 @@ class LearnerWorker:
         self._params = params
         self.device = self.engine.device
         self.model.text_encoder.to(self.device)
-        if self.reference is not None:
-            self.reference.to(self.device)
-        self.ema_model, self.ema = None, None
-        if awm["ema_beta"] > 0:
-            self.ema_model = copy.deepcopy(self.engine.module).eval().requires_grad_(False)
-            ema_named = dict(self.ema_model.named_parameters())
-            self.ema = [ema_named[n] for n, p in self.engine.module.named_parameters() if p.requires_grad]
+        if self.frozen_reference is not None:
+            self.frozen_reference.to(self.device)
+        for module, _, _ in self.shadows.values():
+            module.to(self.device)
 
     # ------------------------------------------------------------------------------------------- training
-    @contextmanager
-    def _reference(self) -> Iterator[nn.Module]:
-        if self.reference is not None:
-            yield self.reference
-        else:
-            with self.engine.module.disable_adapter():
-                yield self.engine.module
+    def policy(self, x: torch.Tensor, t: torch.Tensor, cond: Conditioning) -> torch.Tensor:
+        return self.engine(x, t, cond)
 
-    def _rows(self, batch: RolloutBatch, step: int) -> dict[str, torch.Tensor]:
-        """Expand samples into (sample, timestep) rows with per-sample seeded timesteps and noise."""
-        awm = self.cfg["awm"]
-        ts, eps = [], []
-        for seed, prompt in zip(batch.seeds.tolist(), batch.prompts):
-            # Shared noise gives every sample of a prompt's group the same timesteps and noise (common random
-            # numbers), so regions the samples share get nearly cancelling gradients instead of independent noise.
-            key = zlib.crc32(prompt.encode()) if awm["shared_noise"] else seed
-            gen = torch.Generator().manual_seed(key * 7919 + step)
-            ts.append(stratified_timesteps(batch.grid, awm["num_timesteps"], gen))
-            eps.append(torch.randn((awm["num_timesteps"], *batch.samples.shape[1:]), generator=gen))
-        t = torch.stack(ts).float().reshape(-1)
-        sample_index = torch.arange(len(batch)).repeat_interleave(awm["num_timesteps"])
-        x0 = batch.samples[sample_index]
-        noise = torch.cat(eps)
-        t_b = t.view(-1, 1, 1, 1)
-        rows = {"t": t, "x0": x0, "eps": noise, "x_t": (1 - t_b) * x0 + t_b * noise,
-                "advantages": batch.advantages.float()[sample_index]}
-        return {"index": sample_index, **{key: value.to(self.device) for key, value in rows.items()}}
+    def reference(self, x: torch.Tensor, t: torch.Tensor, cond: Conditioning) -> torch.Tensor:
+        """The base model: the frozen copy, or (LoRA) the trained denoiser with its adapters disabled."""
+        if self.frozen_reference is not None:
+            return self.frozen_reference(x, t, cond)
+        with self.engine.module.disable_adapter():
+            return self.engine.module(x, t, cond)
+
+    def shadow(self, name: str, x: torch.Tensor, t: torch.Tensor, cond: Conditioning) -> torch.Tensor:
+        return self.shadows[name][0](x, t, cond)
+
+    def _encode(self, prompts: list[str]) -> Conditioning:
+        unique = sorted(set(prompts))
+        with torch.no_grad():
+            encoded = encode_each(self.model, unique)
+        lookup = {p: i for i, p in enumerate(unique)}
+        return select_conditioning(encoded, torch.tensor([lookup[p] for p in prompts]))
 
     def update(self, batch: RolloutBatch, step: int) -> dict[str, float]:
-        """One optimizer step of AWM on this rank's shard; returns rank-local metrics (the controller averages)."""
-        awm = self.cfg["awm"]
-        with torch.no_grad():
-            prompts = sorted(set(batch.prompts))
-            encoded = self.model.encode_prompts(prompts)
-            lookup = {p: i for i, p in enumerate(prompts)}
-            cond = select_conditioning(encoded, torch.tensor([lookup[p] for p in batch.prompts]))
-        rows = self._rows(batch, step)
-        totals = {"loss": 0.0, "policy_loss": 0.0, "kl": 0.0, "ema_kl": 0.0, "mse": 0.0}
-        count = len(rows["t"])
+        """One optimizer step of the objective on this rank's shard; returns rank-local metrics (the controller
+        averages them over ranks)."""
+        if len(batch) != self.samples_per_rank:
+            raise ValueError(f"learner rank {self.rank} expects {self.samples_per_rank} samples, got {len(batch)}")
+        cond = self._encode(batch.prompts)
+        rows = {key: value.to(self.device) for key, value in self.objective.rows(batch, step).items()}
+        count = len(rows["index"])
+        totals: dict[str, float] = {}
+        grad_norm = 0.0
         for start in range(0, count, self.micro_batch):
             sl = slice(start, start + self.micro_batch)
-            row_cond = select_conditioning(cond, rows["index"][sl])
-            x_t, t = rows["x_t"][sl], rows["t"][sl]
-            v = self.engine(x_t, t, row_cond)
-            log_prob = awm_log_prob(v, rows["x0"][sl], rows["eps"][sl], t, huber_p=awm["huber_p"])
-            policy = awm_loss(log_prob, rows["advantages"][sl].double())
-            loss = policy.float()
-            with torch.no_grad(), self._reference() as reference:
-                v_ref = reference(x_t, t, row_cond)
-            kl = velocity_kl(v, v_ref).mean()
-            loss = loss + awm["kl_beta"] * kl
-            if self.ema is not None:
-                with torch.no_grad():
-                    v_ema = self.ema_model(x_t, t, row_cond)
-                ema_kl = velocity_kl(v, v_ema).mean()
-                loss = loss + awm["ema_beta"] * ema_kl
-                totals["ema_kl"] += float(ema_kl.detach()) * len(t) / count
+            part = {key: value[sl] for key, value in rows.items()}
+            loss, stats = self.objective.loss(self, part, select_conditioning(cond, part["index"]))
             self.engine.backward(loss)
             if self.engine.is_gradient_accumulation_boundary():
                 grad_norm = self._grad_norm()
             self.engine.step()
-            mse = ((v.detach() - (rows["eps"][sl] - rows["x0"][sl])) ** 2).flatten(1).mean(1).mean()
-            for key, value in (("loss", loss), ("policy_loss", policy), ("kl", kl), ("mse", mse)):
-                totals[key] += float(value.detach()) * len(t) / count
-        if self.ema is not None:
-            ema_update_(self.ema, self._params, ema_decay(step, awm["ema_rate"], awm["ema_max_decay"]))
+            weight = len(part["index"]) / count
+            for key, value in {"loss": loss.detach(), **stats}.items():
+                totals[key] = totals.get(key, 0.0) + float(value) * weight
+        with self._gathered():
+            for _, tracked, (rate, max_decay) in self.shadows.values():
+                ema_update_(tracked, self._params, ema_decay(step, rate, max_decay) if rate > 0 else max_decay)
         self.version += 1
         totals["grad_norm"] = float(self.engine.get_global_grad_norm() or grad_norm)
         return totals
@@ -184,9 +171,26 @@ class LearnerWorker:
         grads = [p.grad for p in self._params if p.grad is not None]
         return float(torch.linalg.vector_norm(torch.stack([torch.linalg.vector_norm(g) for g in grads]))) if grads else 0.0
 
-    def get_weights(self) -> tuple[dict[str, torch.Tensor], int]:
-        """Trainable tensors (adapters only under LoRA) and their version, for the rollout workers."""
-        return trainable_state_dict(self.engine.module), self.version
+    def get_weights(self, ema: bool = False) -> WeightPayload:
+        """Trainable tensors (adapters only under LoRA) packed into buckets with their version, for the rollout
+        workers; `ema` gives the eval EMA's instead (learner.eval_ema_decay > 0)."""
+        if ema:
+            if "eval" not in self.shadows:
+                raise ValueError("get_weights(ema=True) needs learner.eval_ema_decay > 0")
+            module = self.shadows["eval"][0]
+            return pack(trainable_state_dict(module), self.version, self.cfg.get("sync_bucket_mb", DEFAULT_BUCKET_MB))
+        # Under ZeRO-3 gathering is collective: every rank must call get_weights (see rl_loop.learner_weights).
+        with self._gathered():
+            state = trainable_state_dict(self.engine.module)
+        return pack(state, self.version, self.cfg.get("sync_bucket_mb", DEFAULT_BUCKET_MB))
+
+    def _gathered(self):
+        """Full parameters inside the block under ZeRO-3 (a collective over the ranks); a no-op otherwise."""
+        if self.cfg["zero_stage"] != 3:
+            return contextlib.nullcontext()
+        import deepspeed
+
+        return deepspeed.zero.GatheredParameters(self._params, modifier_rank=None)
 
     def state_dict(self) -> dict[str, Any]:
         return {"weights": trainable_state_dict(self.engine.module), "version": self.version}

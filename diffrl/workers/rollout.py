@@ -6,8 +6,9 @@ from typing import Any, Sequence
 
 import torch
 
-from diffrl.models.adapter import concat_conditioning
+from diffrl.models.adapter import concat_conditioning, encode_each
 from diffrl.models.registry import apply_lora, build_model, load_trainable_state_dict
+from diffrl.platform.weight_sync import WeightPayload
 from diffrl.workers.batch import RolloutBatch, SampleRequest
 from diffrl.workers.sampling import sample
 
@@ -15,9 +16,10 @@ from diffrl.workers.sampling import sample
 class RolloutWorker:
     """Generates RolloutBatches. Weights arrive from the learner through `load_weights` with a version number."""
 
-    def __init__(self, model_cfg: dict, rollout_cfg: dict, num_threads: int = 1) -> None:
+    def __init__(self, model_cfg: dict, rollout_cfg: dict, num_threads: int = 1, store_trajectory: bool = False) -> None:
         self.model_cfg = model_cfg
         self.cfg = rollout_cfg
+        self.store_trajectory = store_trajectory  # Flow-GRPO learners need per-step latents and log-probs
         self.num_threads = num_threads
         self.model = None
         self.weight_version = 0
@@ -32,20 +34,23 @@ class RolloutWorker:
         self.model.to("cuda" if torch.cuda.is_available() else "cpu").eval().requires_grad_(False)
 
     def _encode(self, prompts: Sequence[str]):
-        missing = sorted(set(prompts) - set(self._cond_cache))
-        if missing:
+        for prompt in sorted(set(prompts) - set(self._cond_cache)):
             with torch.no_grad():
-                cond = self.model.encode_prompts(missing)
-            for index, prompt in enumerate(missing):
-                self._cond_cache[prompt] = {k: v[index : index + 1] for k, v in cond.items()}
+                self._cond_cache[prompt] = encode_each(self.model, [prompt])
         return concat_conditioning([self._cond_cache[p] for p in prompts])
 
     def generate(
         self, requests: Sequence[SampleRequest], num_steps: int | None = None, sampler: str | None = None
     ) -> RolloutBatch:
-        """Sample every request (in micro-batches of rollout.batch_size); row i answers request i."""
+        """Sample every request (in micro-batches of rollout.batch_size); row i answers request i.
+
+        `num_steps`/`sampler` override the config (held-out eval uses the deterministic ODE sampler); trajectories
+        are stored only for the configured training sampler.
+        """
+        train_sampler = sampler is None or sampler == self.cfg["sampler"]
         num_steps = num_steps or self.cfg["num_steps"]
         sampler = sampler or self.cfg["sampler"]
+        store = self.store_trajectory and train_sampler
         autocast = torch.bfloat16 if self.cfg["precision"] == "bf16" else None
         chunks, size = [], self.cfg["batch_size"]
         for start in range(0, len(requests), size):
@@ -54,6 +59,7 @@ class RolloutWorker:
             result = sample(
                 self.model, self._encode([r.prompt for r in part]), seeds, num_steps,
                 sampler=sampler, noise_level=self.cfg["noise_level"], autocast_dtype=autocast,
+                sde_window=self.cfg["sde_window"] if sampler != "ode" else 0, store_trajectory=store,
             )
             chunks.append(
                 RolloutBatch(
@@ -65,16 +71,21 @@ class RolloutWorker:
                     images=self.model.decode(result.samples),
                     grid=result.grid,
                     weight_version=torch.full((len(part),), self.weight_version, dtype=torch.long),
+                    latents=result.latents,
+                    next_latents=result.next_latents,
+                    log_probs=result.log_probs,
+                    step_index=result.step_index,
                 )
             )
         return RolloutBatch.concat(chunks)
 
-    def load_weights(self, payload: tuple[dict[str, torch.Tensor], int]) -> int:
-        """Apply a learner's `get_weights()` result (trainable tensors, version); returns the version."""
-        weights, version = payload
-        load_trainable_state_dict(self.model.denoiser, weights)
-        self.weight_version = version
-        return version
+    def load_weights(self, payload: WeightPayload) -> int:
+        """Apply a learner's `get_weights()` payload (bucketed trainable tensors, version); returns the version.
+
+        Samples generated afterwards record this version in `RolloutBatch.weight_version`."""
+        load_trainable_state_dict(self.model.denoiser, payload.tensors())
+        self.weight_version = payload.version
+        return payload.version
 
     def state_dict(self) -> dict[str, Any]:
         return {"weight_version": self.weight_version}

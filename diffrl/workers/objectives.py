@@ -1,0 +1,200 @@
+"""Learner objectives: how a rollout shard becomes training rows and how a micro-batch of rows becomes a loss.
+
+The math lives in `diffrl.algorithms` (pure torch); an objective only arranges tensors and calls it. Every row's
+randomness (timesteps, noise, trained steps) comes from a generator seeded by the sample's seed (or its prompt, with
+shared noise) and the RL step, so rows never depend on how the controller split the batch over learner ranks.
+
+- AWM (`awm`): rows are (sample, training timestep) pairs on the rollout grid with fresh noise.
+- DiffusionNFT (`nft`): the same rows; the old policy is an EMA of the trained weights.
+- Flow-GRPO (`flow_grpo`): rows are (sample, stored stochastic step) pairs from the rollout trajectory, ordered
+  step-major, so that a micro-batch of one step over a rollout chunk's samples recomputes the rollout's forward
+  exactly (the on-policy importance ratio is then exactly 1).
+"""
+
+from __future__ import annotations
+
+import zlib
+from typing import Callable, Protocol
+
+import torch
+from torch import Tensor
+
+from diffrl.algorithms.awm import awm_log_prob, awm_loss, velocity_kl
+from diffrl.algorithms.flow_grpo import flow_grpo_kl, flow_grpo_loss
+from diffrl.algorithms.flow_matching import cps_step, sde_step, stratified_timesteps
+from diffrl.algorithms.nft import nft_loss
+from diffrl.models.adapter import Conditioning
+from diffrl.workers.batch import RolloutBatch
+
+Velocity = Callable[[Tensor, Tensor, Conditioning], Tensor]
+
+
+class Models(Protocol):
+    """What an objective may call: the trained policy and the frozen or shadow copies the learner keeps."""
+
+    def policy(self, x: Tensor, t: Tensor, cond: Conditioning) -> Tensor: ...
+
+    def reference(self, x: Tensor, t: Tensor, cond: Conditioning) -> Tensor: ...
+
+    def shadow(self, name: str, x: Tensor, t: Tensor, cond: Conditioning) -> Tensor: ...
+
+
+class Objective:
+    """Base: `rows_per_sample` fixes the DeepSpeed batch sizes; `shadows` names the EMA copies the learner keeps,
+    each as (rate, max_decay) of `awm.ema_decay`'s warm-up."""
+
+    rows_per_sample: int = 1
+    shadows: dict[str, tuple[float, float]] = {}
+
+    def rows(self, batch: RolloutBatch, step: int) -> dict[str, Tensor]:
+        raise NotImplementedError
+
+    def loss(self, models: Models, rows: dict[str, Tensor], cond: Conditioning) -> tuple[Tensor, dict[str, Tensor]]:
+        raise NotImplementedError
+
+
+def _matching_rows(
+    batch: RolloutBatch, step: int, num_timesteps: int, shared_noise: bool, fraction: float = 0.9
+) -> dict[str, Tensor]:
+    """(sample, timestep) rows for AWM and DiffusionNFT: stratified grid timesteps and fresh noise per row."""
+    ts, eps = [], []
+    for seed, prompt in zip(batch.seeds.tolist(), batch.prompts):
+        # Shared noise gives every sample of a prompt's group the same timesteps and noise (common random
+        # numbers), so regions the samples share get nearly cancelling gradients instead of independent noise.
+        key = zlib.crc32(prompt.encode()) if shared_noise else seed
+        gen = torch.Generator().manual_seed(key * 7919 + step)
+        ts.append(stratified_timesteps(batch.grid, num_timesteps, gen, fraction=fraction))
+        eps.append(torch.randn((num_timesteps, *batch.samples.shape[1:]), generator=gen))
+    t = torch.stack(ts).float().reshape(-1)
+    index = torch.arange(len(batch)).repeat_interleave(num_timesteps)
+    x0 = batch.samples[index]
+    noise = torch.cat(eps)
+    t_b = t.view(-1, 1, 1, 1)
+    return {"index": index, "t": t, "x0": x0, "eps": noise, "x_t": (1 - t_b) * x0 + t_b * noise,
+            "advantages": batch.advantages.float()[index]}
+
+
+class AWMObjective(Objective):
+    """Advantage Weighted Matching (arXiv 2509.25050): see `diffrl.algorithms.awm`."""
+
+    def __init__(self, cfg: dict) -> None:
+        self.cfg = cfg
+        self.rows_per_sample = cfg["num_timesteps"]
+        self.shadows = {"ema": (cfg["ema_rate"], cfg["ema_max_decay"])} if cfg["ema_beta"] > 0 else {}
+
+    def rows(self, batch: RolloutBatch, step: int) -> dict[str, Tensor]:
+        return _matching_rows(batch, step, self.cfg["num_timesteps"], self.cfg["shared_noise"],
+                              self.cfg["timestep_fraction"])
+
+    def loss(self, models: Models, rows: dict[str, Tensor], cond: Conditioning) -> tuple[Tensor, dict[str, Tensor]]:
+        x_t, t = rows["x_t"], rows["t"]
+        v = models.policy(x_t, t, cond)
+        log_prob = awm_log_prob(v, rows["x0"], rows["eps"], t, huber_p=self.cfg["huber_p"])
+        policy = awm_loss(log_prob, rows["advantages"].double()).float()
+        with torch.no_grad():
+            v_ref = models.reference(x_t, t, cond)
+        kl = velocity_kl(v, v_ref).mean()
+        loss = policy + self.cfg["kl_beta"] * kl
+        stats = {"policy_loss": policy.detach(), "kl": kl.detach(),
+                 "mse": ((v.detach() - (rows["eps"] - rows["x0"])) ** 2).mean()}
+        if self.shadows:
+            with torch.no_grad():
+                v_ema = models.shadow("ema", x_t, t, cond)
+            ema_kl = velocity_kl(v, v_ema).mean()
+            loss = loss + self.cfg["ema_beta"] * ema_kl
+            stats["ema_kl"] = ema_kl.detach()
+        return loss, stats
+
+
+class NFTObjective(Objective):
+    """DiffusionNFT (Sol-RL's loss): see `diffrl.algorithms.nft`; the old policy is the EMA shadow "old"."""
+
+    def __init__(self, cfg: dict) -> None:
+        self.cfg = cfg
+        self.rows_per_sample = cfg["num_timesteps"]
+        self.shadows = {"old": (cfg["old_decay_rate"], cfg["old_max_decay"])}
+
+    def rows(self, batch: RolloutBatch, step: int) -> dict[str, Tensor]:
+        return _matching_rows(batch, step, self.cfg["num_timesteps"], False, self.cfg["timestep_fraction"])
+
+    def loss(self, models: Models, rows: dict[str, Tensor], cond: Conditioning) -> tuple[Tensor, dict[str, Tensor]]:
+        x_t, t = rows["x_t"], rows["t"]
+        v = models.policy(x_t, t, cond)
+        with torch.no_grad():
+            v_old = models.shadow("old", x_t, t, cond)
+            v_ref = models.reference(x_t, t, cond)
+        return nft_loss(v, v_old, v_ref, x_t, rows["x0"], t, rows["advantages"], beta=self.cfg["beta"],
+                        adv_clip=self.cfg["adv_clip"], kl_weight=self.cfg["kl_weight"])
+
+
+def stored_steps(rollout_cfg: dict) -> int:
+    """How many stochastic steps a Flow-GRPO rollout stores per sample."""
+    return rollout_cfg["sde_window"] or rollout_cfg["num_steps"] - 1
+
+
+class FlowGRPOObjective(Objective):
+    """Flow-GRPO (arXiv 2505.05470): clipped-ratio policy loss on the stored SDE/CPS steps plus beta * KL of the
+    step means to the reference model's (see `diffrl.algorithms.flow_grpo`)."""
+
+    def __init__(self, cfg: dict, rollout_cfg: dict) -> None:
+        self.cfg, self.rollout_cfg = cfg, rollout_cfg
+        self.stored = stored_steps(rollout_cfg)
+        self.rows_per_sample = max(1, int(self.stored * cfg["timestep_fraction"]))
+        self.step_fn = sde_step if rollout_cfg["sampler"] == "sde" else cps_step
+
+    def rows(self, batch: RolloutBatch, step: int) -> dict[str, Tensor]:
+        if batch.latents is None or batch.latents.shape[1] != self.stored:
+            found = None if batch.latents is None else batch.latents.shape[1]
+            raise ValueError(f"flow_grpo needs {self.stored} stored steps per sample from the rollout, got {found}")
+        n, trained = len(batch), self.rows_per_sample
+        if trained == self.stored:
+            slots = torch.arange(trained).expand(n, trained)
+        else:  # timestep_fraction < 1: a per-sample random subset of the stored steps, in step order
+            slots = torch.stack([
+                torch.randperm(self.stored, generator=torch.Generator().manual_seed(seed * 7919 + step))[:trained].sort()[0]
+                for seed in batch.seeds.tolist()
+            ])
+        sample_index = torch.arange(n).expand(trained, n).T  # [n, trained]
+        # Step-major order: all samples' first trained step, then the second, ...
+        index, slot = sample_index.T.reshape(-1), slots.T.reshape(-1)
+        step_index = batch.step_index[index, slot]
+        return {
+            "index": index,
+            "x": batch.latents[index, slot],
+            "x_next": batch.next_latents[index, slot],
+            "old_log_prob": batch.log_probs[index, slot],
+            "sigma": batch.grid[step_index],
+            "sigma_next": batch.grid[step_index + 1],
+            "advantages": batch.advantages.float()[index],
+        }
+
+    def loss(self, models: Models, rows: dict[str, Tensor], cond: Conditioning) -> tuple[Tensor, dict[str, Tensor]]:
+        x, sigma, sigma_next, x_next = rows["x"], rows["sigma"], rows["sigma_next"], rows["x_next"]
+        noise_level = self.rollout_cfg["noise_level"]
+        v = models.policy(x, sigma, cond)
+        out = self.step_fn(x, v, sigma, sigma_next, noise_level, prev_sample=x_next)
+        policy, stats = flow_grpo_loss(out.log_prob, rows["old_log_prob"], rows["advantages"],
+                                       clip_range=self.cfg["clip_range"], clip_range_high=self.cfg["clip_range_high"])
+        loss = policy
+        stats = {"policy_loss": policy.detach(), **stats}
+        if self.cfg["kl_beta"] > 0:
+            with torch.no_grad():
+                v_ref = models.reference(x, sigma, cond)
+                ref = self.step_fn(x, v_ref, sigma, sigma_next, noise_level, prev_sample=x_next)
+            kl = flow_grpo_kl(out.mean, ref.mean, out.std).mean()
+            loss = loss + self.cfg["kl_beta"] * kl
+            stats["kl"] = kl.detach()
+        return loss, stats
+
+
+def build_objective(learner_cfg: dict, rollout_cfg: dict | None) -> Objective:
+    algorithm = learner_cfg["algorithm"]
+    if algorithm == "awm":
+        return AWMObjective(learner_cfg["awm"])
+    if algorithm == "nft":
+        return NFTObjective(learner_cfg["nft"])
+    if algorithm == "flow_grpo":
+        if rollout_cfg is None:
+            raise ValueError("learner.algorithm=flow_grpo needs the rollout config (sampler, noise level, window)")
+        return FlowGRPOObjective(learner_cfg["flow_grpo"], rollout_cfg)
+    raise ValueError(f"learner.algorithm: unknown algorithm {algorithm!r}; allowed: awm, flow_grpo, nft")
