@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from diffrl.platform.config import ConfigError, RLJobConfig, apply_overrides, load_job
+from diffrl.platform.config import ConfigError, RLJobConfig, apply_overrides, load_job, parse_job
 
 REPO = Path(__file__).resolve().parents[1]
 DEFAULT_JOB = REPO / "configs" / "shapes_awm.yaml"
@@ -35,7 +35,7 @@ def test_override_parsing_keeps_original_and_types_values():
         ("rollout.sampler=euler", r"rollout\.sampler: got 'euler'"),
         ("learner.lr=fast", r"learner\.lr: Input should be a valid number"),
         ("learner.num_workers=3", r"learner\.num_workers=3 must divide"),
-        ("learner.awm.num_timesteps=9", r"learner\.awm\.num_timesteps=9 exceeds the 8 training timesteps"),
+        ("learner.awm.num_timesteps=10", r"learner\.awm\.num_timesteps=10 exceeds the 9 training timesteps"),
         ("kind=painting", r"kind: got 'painting'; allowed: \['rl'\]"),
     ],
 )
@@ -63,3 +63,24 @@ def test_cli_exits_2_and_writes_nothing(tmp_path):
 def test_missing_job_file_is_named(tmp_path):
     with pytest.raises(ConfigError, match="job file not found: .*nope.yaml"):
         load_job(tmp_path / "nope.yaml")
+
+
+@pytest.mark.parametrize("path", sorted(Path(__file__).resolve().parents[1].glob("configs/**/*.yaml")))
+def test_every_shipped_job_file_validates(path):
+    cfg = load_job(path)
+    assert cfg.kind == "rl"
+
+
+def test_prompt_files_and_their_errors(tmp_path):
+    from diffrl.platform.rl_loop import read_prompt_file
+
+    good = tmp_path / "p.jsonl"
+    good.write_text('{"tag": "counting", "include": [{"class": "apple", "count": 3}], "prompt": "three apples"}\n\n')
+    assert read_prompt_file(str(good)) == [{"tag": "counting", "include": [{"class": "apple", "count": 3}],
+                                            "prompt": "three apples"}]
+    bad = tmp_path / "bad.jsonl"
+    bad.write_text('{"prompt": "ok"}\n{"no_prompt": 1}\n')
+    with pytest.raises(ValueError, match=r"bad.jsonl:2: .*'prompt'"):
+        read_prompt_file(str(bad))
+    with pytest.raises(ConfigError, match="data.eval_file: file not found"):
+        parse_job({"data": {"source": "files", "train_file": str(good), "eval_file": str(tmp_path / "missing.txt")}})

@@ -10,8 +10,13 @@ from torch import nn
 from diffrl.models.adapter import ModelAdapter
 
 
-def build_model(name: str, path: str | None, seed: int = 0) -> ModelAdapter:
-    """The adapter `name` with weights from `path`; `path=None` builds random weights from `seed` (tests)."""
+MODEL_NAMES = ("tiny_t2i", "sd3", "flux", "sana")
+
+
+def build_model(name: str, path: str | None, seed: int = 0, **options: Any) -> ModelAdapter:
+    """The adapter `name` with weights from `path`; `path=None` builds the tiny model with random weights from
+    `seed` (tests). Diffusers families (sd3, flux, sana) take `resolution`, `max_sequence_length`, `dtype` ("fp32" or
+    "bf16") and `guidance` (FLUX.1-dev's distilled guidance) from the model config."""
     if name == "tiny_t2i":
         from diffrl.models.tiny_t2i import TinyT2I
 
@@ -19,7 +24,22 @@ def build_model(name: str, path: str | None, seed: int = 0) -> ModelAdapter:
             torch.manual_seed(seed)
             return TinyT2I(shapes_vocabulary())
         return TinyT2I.from_pretrained(path)
-    raise ValueError(f"model.name: unknown model {name!r}; allowed: ['tiny_t2i']")
+    if name in ("sd3", "flux", "sana"):
+        from diffrl.models.diffusers_t2i import DiffusersT2I
+
+        if path is None:
+            raise ValueError(f"model.path: a {name} model needs a local directory or cached Hugging Face model id")
+        dtype = torch.bfloat16 if options.get("dtype") == "bf16" else torch.float32
+        return DiffusersT2I.from_pretrained(name, path, options.get("resolution", 512),
+                                            options.get("max_sequence_length", 256), dtype,
+                                            options.get("guidance", 3.5))
+    raise ValueError(f"model.name: unknown model {name!r}; allowed: {list(MODEL_NAMES)}")
+
+
+def build_model_from_config(model_cfg: dict[str, Any]) -> ModelAdapter:
+    """build_model from a job's `model` section (a dict, as workers receive it)."""
+    options = {k: model_cfg[k] for k in ("resolution", "max_sequence_length", "dtype", "guidance") if k in model_cfg}
+    return build_model(model_cfg["name"], model_cfg["path"], **options)
 
 
 def shapes_vocabulary() -> list[str]:

@@ -37,8 +37,17 @@ class LoraConfig(Section):
 
 
 class ModelConfig(Section):
-    name: Literal["tiny_t2i"] = "tiny_t2i"
-    path: str | None = Field("builtin:shapes_base", description="weights directory, or builtin:NAME for shipped ones")
+    name: Literal["tiny_t2i", "sd3", "flux", "sana"] = Field(
+        "tiny_t2i", description="tiny_t2i (built in), or a diffusers pipeline: sd3 (SD3/SD3.5), flux (FLUX.1), sana"
+    )
+    path: str | None = Field(
+        "builtin:shapes_base",
+        description="weights: builtin:NAME, a local directory, or a model id already in the local HF cache",
+    )
+    resolution: int = Field(512, ge=8, description="image side in pixels (diffusers models)")
+    max_sequence_length: int = Field(256, ge=1, description="text tokens for T5/Gemma encoders (diffusers models)")
+    dtype: Literal["fp32", "bf16"] = Field("fp32", description="dtype the diffusers pipeline loads in")
+    guidance: float = Field(3.5, ge=0, description="FLUX.1-dev's distilled guidance value (ignored elsewhere)")
     lora: LoraConfig = LoraConfig()
 
 
@@ -55,6 +64,7 @@ class RolloutConfig(Section):
         0, ge=0, description="Flow-GRPO-Fast: SDE only inside a random window of this many steps in the first half "
         "(only those steps are stored and trained); 0 makes every step but the last stochastic",
     )
+    guidance_scale: float = Field(1.0, ge=1.0, description="classifier-free guidance (1 disables; Flow-GRPO trains with it)")
     precision: Literal["fp32", "bf16"] = "fp32"
     batch_size: int = Field(64, ge=1, description="samples per forward pass inside a worker")
 
@@ -132,9 +142,26 @@ class RewardConfig(Section):
 
 
 class DataConfig(Section):
-    source: Literal["shapes"] = Field("shapes", description="prompt source: the built-in shapes world")
-    heldout_fraction: float = Field(0.25, gt=0, lt=1, description="share of prompts held out for eval")
+    source: Literal["shapes", "files"] = Field(
+        "shapes", description="shapes: the built-in shapes world; files: train_file and eval_file (Flow-GRPO formats)"
+    )
+    heldout_fraction: float = Field(0.25, gt=0, lt=1, description="share of shapes prompts held out for eval")
     split_seed: int = 0
+    train_file: str | None = Field(None, description=".txt (one prompt per line) or .jsonl (GenEval metadata)")
+    eval_file: str | None = Field(None, description="held-out prompts, same formats")
+
+    @model_validator(mode="after")
+    def _check_files(self) -> DataConfig:
+        if self.source == "files":
+            for key in ("train_file", "eval_file"):
+                value = getattr(self, key)
+                if value is None:
+                    raise ValueError(f"data.source=files needs data.{key}")
+                if not Path(value).is_file():
+                    raise ValueError(f"data.{key}: file not found: {value}")
+                if Path(value).suffix not in (".txt", ".jsonl"):
+                    raise ValueError(f"data.{key}: {value} must be .txt or .jsonl")
+        return self
 
 
 class TrainerConfig(Section):

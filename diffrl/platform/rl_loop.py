@@ -27,9 +27,36 @@ EVAL_SEED_BASE = 1_000_000_000  # eval seeds never collide with training seeds (
 
 
 def prompt_splits(cfg: RLJobConfig) -> tuple[list[dict], list[dict]]:
+    """(train, eval) prompt entries, each a dict with "prompt" and any reward metadata."""
+    if cfg.data.source == "files":
+        return read_prompt_file(cfg.data.train_file), read_prompt_file(cfg.data.eval_file)
     from diffrl.models.shapes_world import prompt_splits as shapes_splits
 
     return shapes_splits(heldout_fraction=cfg.data.heldout_fraction, seed=cfg.data.split_seed)
+
+
+def read_prompt_file(path: str) -> list[dict]:
+    """Flow-GRPO's prompt files: .txt has one prompt per line (OCR, PickScore); .jsonl has one GenEval metadata
+    object per line with its "prompt" (and tag, include, exclude). Errors name the file and line."""
+    import json
+
+    entries = []
+    for number, line in enumerate(Path(path).read_text().splitlines(), start=1):
+        if not line.strip():
+            continue
+        if path.endswith(".jsonl"):
+            try:
+                entry = json.loads(line)
+            except json.JSONDecodeError as err:
+                raise ValueError(f"{path}:{number}: not valid JSON: {err}") from None
+            if not isinstance(entry, dict) or not isinstance(entry.get("prompt"), str):
+                raise ValueError(f"{path}:{number}: each line must be an object with a string 'prompt'")
+        else:
+            entry = {"prompt": line.strip()}
+        entries.append(entry)
+    if not entries:
+        raise ValueError(f"{path}: no prompts")
+    return entries
 
 
 def step_requests(prompts: list[dict], cfg: RLJobConfig, step: int) -> list[SampleRequest]:

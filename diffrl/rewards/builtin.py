@@ -13,3 +13,35 @@ def geneval_shapes(score: str = "partial") -> GenEvalReward:
     """GenEval's rules on the shapes world: the exact per-cell detector, colors classified among the world's palette.
     `score`: "partial" (Flow-GRPO's partial credit) or "strict" as the training signal."""
     return GenEvalReward(ShapesDetector(), ShapesColorClassifier(), colors=tuple(COLORS), score=score)
+
+
+class JpegCompressibility:
+    """DDPO's compressibility reward (Black et al., arXiv 2305.13301): minus the JPEG size in kB at quality 95, so
+    simpler images score higher; `sign=-1` gives incompressibility. Works on any image size; details hold the kB."""
+
+    def __init__(self, quality: int = 95, sign: float = 1.0) -> None:
+        if not 1 <= quality <= 100:
+            raise ValueError(f"jpeg quality must be in [1, 100], got {quality}")
+        self.quality, self.sign = quality, sign
+
+    def __call__(self, images, prompts, metadata):
+        import io
+
+        import numpy as np
+        from PIL import Image
+
+        from diffrl.rewards.base import RewardOutput
+
+        if images.ndim != 4 or images.shape[-1] != 3 or images.dtype != np.uint8:
+            raise ValueError(f"jpeg_compressibility expects uint8 images [N, H, W, 3], got {images.dtype} {images.shape}")
+        sizes = []
+        for image in images:
+            buffer = io.BytesIO()
+            Image.fromarray(image).save(buffer, format="JPEG", quality=self.quality)
+            sizes.append(buffer.tell() / 1000.0)
+        return RewardOutput(scores=[-self.sign * kb for kb in sizes], details={"kb": sizes})
+
+
+@register_reward("jpeg_compressibility")
+def jpeg_compressibility(quality: int = 95, sign: float = 1.0) -> JpegCompressibility:
+    return JpegCompressibility(quality, sign)

@@ -18,8 +18,8 @@ import torch
 from torch import nn
 
 from diffrl.algorithms.awm import ema_decay, ema_update_
-from diffrl.models.adapter import Conditioning, encode_each, select_conditioning
-from diffrl.models.registry import apply_lora, build_model, load_trainable_state_dict, trainable_state_dict
+from diffrl.models.adapter import Conditioning, concat_conditioning, encode_each, select_conditioning
+from diffrl.models.registry import apply_lora, build_model_from_config, load_trainable_state_dict, trainable_state_dict
 from diffrl.platform.weight_sync import DEFAULT_BUCKET_MB, WeightPayload, pack
 from diffrl.workers.batch import RolloutBatch
 from diffrl.workers.objectives import build_objective
@@ -46,6 +46,8 @@ class LearnerWorker:
         self.samples_per_rank = samples_per_rank
         self.num_threads = num_threads
         self.objective = build_objective(learner_cfg, rollout_cfg)
+        # Flow-GRPO recomputes the rollout's guided velocity; AWM and NFT train the conditional velocity.
+        self.guidance = (rollout_cfg or {}).get("guidance_scale", 1.0) if learner_cfg["algorithm"] == "flow_grpo" else 1.0
         self.version = 0
         self.engine = None
 
@@ -69,7 +71,7 @@ class LearnerWorker:
         deepspeed.init_distributed(dist_backend="nccl" if on_gpu else "gloo", auto_mpi_discovery=False, verbose=False,
                                    init_method=self.rendezvous, rank=self.rank, world_size=self.world_size)
 
-        self.model = build_model(self.model_cfg["name"], self.model_cfg["path"])
+        self.model = build_model_from_config(self.model_cfg)
         self.model.requires_grad_(False)
         lora = self.model_cfg["lora"]
         if lora["enabled"]:
@@ -111,22 +113,33 @@ class LearnerWorker:
         self.micro_batch = micro
         self._params = params
         self.device = self.engine.device
-        self.model.text_encoder.to(self.device)
+        self.model.to(self.device)  # frozen parts (text encoders, VAE); DeepSpeed placed the denoiser
         if self.frozen_reference is not None:
             self.frozen_reference.to(self.device)
         for module, _, _ in self.shadows.values():
             module.to(self.device)
+        with torch.no_grad():
+            self._null_cond = encode_each(self.model, [""]) if self.guidance != 1.0 else None
 
     # ------------------------------------------------------------------------------------------- training
+    def _guided(self, net, x: torch.Tensor, t: torch.Tensor, cond: Conditioning) -> torch.Tensor:
+        """net's velocity, with classifier-free guidance against the empty prompt when self.guidance != 1."""
+        if self.guidance == 1.0:
+            return net(x, t, cond)
+        null = {k: v.expand(len(x), *v.shape[1:]) for k, v in self._null_cond.items()}
+        both = net(torch.cat([x, x]), torch.cat([t, t]), concat_conditioning([null, cond]))
+        uncond, conditional = both.chunk(2)
+        return uncond + self.guidance * (conditional - uncond)
+
     def policy(self, x: torch.Tensor, t: torch.Tensor, cond: Conditioning) -> torch.Tensor:
-        return self.engine(x, t, cond)
+        return self._guided(self.engine, x, t, cond)
 
     def reference(self, x: torch.Tensor, t: torch.Tensor, cond: Conditioning) -> torch.Tensor:
         """The base model: the frozen copy, or (LoRA) the trained denoiser with its adapters disabled."""
         if self.frozen_reference is not None:
-            return self.frozen_reference(x, t, cond)
+            return self._guided(self.frozen_reference, x, t, cond)
         with self.engine.module.disable_adapter():
-            return self.engine.module(x, t, cond)
+            return self._guided(self.engine.module, x, t, cond)
 
     def shadow(self, name: str, x: torch.Tensor, t: torch.Tensor, cond: Conditioning) -> torch.Tensor:
         return self.shadows[name][0](x, t, cond)

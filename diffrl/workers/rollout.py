@@ -7,7 +7,7 @@ from typing import Any, Sequence
 import torch
 
 from diffrl.models.adapter import concat_conditioning, encode_each
-from diffrl.models.registry import apply_lora, build_model, load_trainable_state_dict
+from diffrl.models.registry import apply_lora, build_model_from_config, load_trainable_state_dict
 from diffrl.platform.weight_sync import WeightPayload
 from diffrl.workers.batch import RolloutBatch, SampleRequest
 from diffrl.workers.sampling import sample
@@ -27,7 +27,7 @@ class RolloutWorker:
 
     def setup(self) -> None:
         torch.set_num_threads(self.num_threads)
-        self.model = build_model(self.model_cfg["name"], self.model_cfg["path"])
+        self.model = build_model_from_config(self.model_cfg)
         lora = self.model_cfg["lora"]
         if lora["enabled"]:
             apply_lora(self.model, lora["rank"], lora["alpha"], lora["target_modules"])
@@ -56,9 +56,11 @@ class RolloutWorker:
         for start in range(0, len(requests), size):
             part = requests[start : start + size]
             seeds = [r.seed for r in part]
+            guidance = self.cfg.get("guidance_scale", 1.0)
             result = sample(
                 self.model, self._encode([r.prompt for r in part]), seeds, num_steps,
                 sampler=sampler, noise_level=self.cfg["noise_level"], autocast_dtype=autocast,
+                guidance_scale=guidance, null_cond=self._encode([""] * len(part)) if guidance != 1.0 else None,
                 sde_window=self.cfg["sde_window"] if sampler != "ode" else 0, store_trajectory=store,
             )
             chunks.append(
