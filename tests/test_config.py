@@ -84,3 +84,17 @@ def test_prompt_files_and_their_errors(tmp_path):
         read_prompt_file(str(bad))
     with pytest.raises(ConfigError, match="data.eval_file: file not found"):
         parse_job({"data": {"source": "files", "train_file": str(good), "eval_file": str(tmp_path / "missing.txt")}})
+
+
+def test_sol_and_sync_options_are_validated_before_any_work():
+    base = {"rollout": {"strategy": "sol", "group_size": 4, "sol": {"pool_size": 8}}}
+    with pytest.raises(ConfigError, match="num_timesteps=6 exceeds the 5 training timesteps that "
+                                          r"rollout\.sol\.explore_steps=6"):
+        parse_job({**base, "rollout": {**base["rollout"], "sol": {"pool_size": 8, "regenerate": False}},
+                   "learner": {"awm": {"num_timesteps": 6, "timestep_fraction": 1.0}}})
+    with pytest.raises(ConfigError, match=r"pool_size=2 must be at least rollout\.group_size=4"):
+        parse_job({"rollout": {"strategy": "sol", "group_size": 4, "sol": {"pool_size": 2}}})
+    with pytest.raises(ConfigError, match="sync_backend=broadcast needs backend: ray"):
+        parse_job({"backend": "local", "learner": {"sync_backend": "broadcast"}})
+    with pytest.raises(ConfigError, match="flow_grpo needs stochastic rollouts"):
+        parse_job({"learner": {"algorithm": "flow_grpo"}})

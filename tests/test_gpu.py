@@ -24,3 +24,37 @@ def test_rl_steps_on_gpu(tmp_path):
     final = load_file(summary["weights"])
     base = TinyT2I.from_pretrained("builtin:shapes_base").denoiser.state_dict()
     assert any(not torch.equal(final[k], base[k]) for k in final), "training on the GPU must change the weights"
+
+
+@pytest.mark.gpu
+def test_low_precision_explore_copy_on_gpu():
+    """nvfp4 with quant_backend auto: transformer-engine's NVFP4 block scaling on 10.x, emulated elsewhere; the copy
+    runs and differs from full precision."""
+    from diffrl.platform.config import RLJobConfig
+    from diffrl.workers.batch import SampleRequest
+    from diffrl.workers.rollout import RolloutWorker
+
+    cfg = RLJobConfig()
+    explore = RolloutWorker(cfg.model.model_dump(), {**cfg.rollout.model_dump(), "precision": "nvfp4"})
+    full = RolloutWorker(cfg.model.model_dump(), cfg.rollout.model_dump())
+    explore.setup()
+    full.setup()
+    requests = [SampleRequest("a photo of a red circle", {}, 0, i) for i in range(4)]
+    a, b = explore.generate(requests), full.generate(requests)
+    assert (a.samples - b.samples).abs().max() > 1e-3
+    assert any(layer["quantized"] for layer in explore.quantization_report())
+
+
+@pytest.mark.gpu
+def test_transformer_engine_recipe_follows_compute_capability():
+    pytest.importorskip("transformer_engine")
+    from diffrl.models.low_precision import te_recipe
+
+    major, _ = torch.cuda.get_device_capability()
+    if major == 10:
+        assert type(te_recipe("nvfp4")).__name__ == "NVFP4BlockScaling"
+    else:
+        with pytest.raises(RuntimeError, match="compute capability 10.x"):
+            te_recipe("nvfp4")
+    if major >= 9:
+        assert type(te_recipe("fp8")).__name__ == "Float8CurrentScaling"

@@ -1,6 +1,7 @@
 """The reward worker validates every output and names the reward in every error; rewards combine by weight."""
 
 import math
+import time
 
 import numpy as np
 import pytest
@@ -50,22 +51,77 @@ def test_weighted_sum_and_details():
     assert out.details[f"{__name__}:constant"] == [0.5, 0.5, 0.5]
 
 
+CALLS = {"flaky": 0, "counted": 0}
+
+
+def flaky(failures=2):
+    """Fails `failures` times, then works."""
+
+    def reward(images, prompts, metadata):
+        CALLS["flaky"] += 1
+        if CALLS["flaky"] <= failures:
+            raise ConnectionError(f"transient failure {CALLS['flaky']}")
+        return RewardOutput(scores=[1.0] * len(images))
+
+    return reward
+
+
+def counted_bad():
+    def reward(images, prompts, metadata):
+        CALLS["counted"] += 1
+        return RewardOutput(scores=[math.nan] * len(images))
+
+    return reward
+
+
+def hangs():
+    def reward(images, prompts, metadata):
+        time.sleep(30)
+        return RewardOutput(scores=[1.0] * len(images))
+
+    return reward
+
+
 @pytest.mark.parametrize(
     "factory, message",
     [
-        ("wrong_length", r"reward '.*:wrong_length' returned 1 scores for a batch of 3 images"),
-        ("not_finite", r"reward '.*:not_finite' score 0 is nan, expected a finite float"),
-        ("raises", r"reward '.*:raises' raised ConnectionError: reward server unreachable"),
+        ("wrong_length", r"reward '.*:wrong_length' failed after 2 attempt\(s\): RewardError: returned 1 scores for "
+                         r"a batch of 3 images"),
+        ("not_finite", r"reward '.*:not_finite' failed after 2 attempt\(s\): RewardError: score 0 is nan"),
+        ("raises", r"reward '.*:raises' failed after 2 attempt\(s\): ConnectionError: reward server unreachable"),
     ],
 )
 def test_bad_rewards_fail_loudly_with_their_name(factory, message):
     images, prompts, meta = batch()
     with pytest.raises(RewardError, match=message):
-        worker({"name": f"{__name__}:{factory}"}).score(images, prompts, meta)
+        worker({"name": f"{__name__}:{factory}", "retries": 1, "backoff_s": 0.0}).score(images, prompts, meta)
+
+
+def test_retries_are_bounded_and_a_transient_failure_recovers():
+    images, prompts, meta = batch()
+    CALLS["flaky"] = 0
+    out = worker({"name": f"{__name__}:flaky", "retries": 2, "backoff_s": 0.0}).score(images, prompts, meta)
+    assert out.scores == [1.0, 1.0, 1.0] and CALLS["flaky"] == 3
+    CALLS["counted"] = 0
+    with pytest.raises(RewardError, match="failed after 4 attempt"):
+        worker({"name": f"{__name__}:counted_bad", "retries": 3, "backoff_s": 0.0}).score(images, prompts, meta)
+    assert CALLS["counted"] == 4  # never a silent zero: every attempt ran and the step failed
+
+
+def test_a_hanging_reward_times_out_with_its_name():
+    images, prompts, meta = batch()
+    tick = time.perf_counter()
+    with pytest.raises(RewardError, match=r"reward '.*:hangs' failed after 2 attempt\(s\): TimeoutError: no answer "
+                                          r"within 0.3 s"):
+        worker({"name": f"{__name__}:hangs", "retries": 1, "timeout_s": 0.3, "backoff_s": 0.0}).score(
+            images, prompts, meta)
+    assert time.perf_counter() - tick < 5
 
 
 def test_unknown_reward_lists_registered_names():
-    with pytest.raises(RewardError, match=r"unknown reward 'genevall'; registered rewards: \['geneval_shapes'"):
+    with pytest.raises(RewardError, match=r"unknown reward 'genevall'; registered rewards: \[.*'geneval_shapes'"):
         worker({"name": "genevall"})
-    with pytest.raises(RewardError, match=r"cannot import 'nope' from 'tests'"):
+    with pytest.raises(RewardError, match=r"tests:nope.*has no attribute 'nope'"):
         worker({"name": "tests:nope"})
+    with pytest.raises(RewardError, match=r"file not found: missing.py"):
+        worker({"name": "missing.py:reward"})

@@ -1,4 +1,4 @@
-"""The `diffrl` command line: run and validate jobs, pretrain the built-in model."""
+"""The `diffrl` command line: run and validate jobs, pretrain the built-in model, serve rewards."""
 
 from __future__ import annotations
 
@@ -35,6 +35,31 @@ def cmd_pretrain(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_serve_reward(args: argparse.Namespace) -> int:
+    import json
+    import threading
+
+    from diffrl.rewards.base import RewardError, build_reward
+    from diffrl.rewards.remote import serve_reward
+
+    try:
+        kwargs = json.loads(args.kwargs)
+        reward = build_reward(args.reward, **kwargs)
+        token = args.token or os.environ.get("DIFFRL_REWARD_TOKEN")
+        server = serve_reward(reward, args.reward, host=args.host, port=args.port, token=token)
+    except (RewardError, ValueError, OSError) as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    host, port = server.server_address[:2]
+    print(f"serving reward '{args.reward}' on http://{host}:{port} (POST /score, GET /health"
+          f"{', token required' if token else ''}); Ctrl-C stops", flush=True)
+    try:
+        threading.Event().wait()
+    except KeyboardInterrupt:
+        server.shutdown()
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="diffrl", description="RL post-training for diffusion and flow models")
     sub = parser.add_subparsers(dest="command", required=True)
@@ -51,6 +76,14 @@ def build_parser() -> argparse.ArgumentParser:
     pre.add_argument("--minutes", type=float, default=None, help="stop after this many minutes")
     pre.add_argument("--seed", type=int, default=0)
     pre.set_defaults(func=cmd_pretrain)
+
+    serve = sub.add_parser("serve-reward", help="serve a reward over HTTP (JSON schema in diffrl/rewards/remote.py)")
+    serve.add_argument("reward", help="registered name, pkg.module:factory or path/file.py:factory")
+    serve.add_argument("--port", type=int, default=8700)
+    serve.add_argument("--host", default="127.0.0.1", help="other addresses need --token")
+    serve.add_argument("--token", default=None, help="shared token (or DIFFRL_REWARD_TOKEN)")
+    serve.add_argument("--kwargs", default="{}", help="JSON object of factory arguments")
+    serve.set_defaults(func=cmd_serve_reward)
     return parser
 
 

@@ -51,6 +51,24 @@ class ModelConfig(Section):
     lora: LoraConfig = LoraConfig()
 
 
+class SolConfig(Section):
+    """Sol-RL (arXiv 2604.06916): explore a pool of seeds in low precision, regenerate the chosen ones."""
+
+    pool_size: int = Field(96, ge=2, description="candidate seeds per prompt explored by the low-precision copy")
+    select: Literal["best_worst", "mean_deviation", "random"] = "best_worst"
+    explore_steps: int = Field(6, ge=1, description="deterministic ODE steps of the exploration copy")
+    explore_precision: Literal["fp32", "bf16", "nvfp4", "fp8"] = "nvfp4"
+    explore_guidance_scale: float = Field(1.0, ge=1.0, description="CFG while exploring (Sol-RL: none)")
+    explore_workers: int = Field(1, ge=1)
+    explore_cpus_per_worker: float = Field(1.0, gt=0)
+    explore_gpus_per_worker: float = Field(0.0, ge=0)
+    colocate: bool = Field(False, description="explore workers share the rollout workers' resource bundles "
+                                              "(explore worker i on rollout bundle i, fractional GPUs)")
+    regenerate: bool = Field(True, description="False trains on the exploration samples themselves (ablation)")
+    audit_prompts: int = Field(1, ge=0, description="prompts per step whose whole pool is also regenerated in full "
+                                                    "precision to measure top-K agreement (0: off)")
+
+
 class RolloutConfig(Section):
     num_workers: int = Field(1, ge=1)
     cpus_per_worker: float = Field(1.0, gt=0)
@@ -65,8 +83,17 @@ class RolloutConfig(Section):
         "(only those steps are stored and trained); 0 makes every step but the last stochastic",
     )
     guidance_scale: float = Field(1.0, ge=1.0, description="classifier-free guidance (1 disables; Flow-GRPO trains with it)")
-    precision: Literal["fp32", "bf16"] = "fp32"
+    precision: Literal["fp32", "bf16", "nvfp4", "fp8"] = Field(
+        "fp32", description="nvfp4: linear layers fake-quantized (or transformer-engine on 10.x GPUs); fp8: 9.x GPUs"
+    )
+    quant_backend: Literal["auto", "emulated", "transformer_engine"] = Field(
+        "auto", description="auto: transformer-engine when the GPU supports the precision, else emulated NVFP4"
+    )
+    quant_skip: list[str] | None = Field(None, description="regexes of layer names kept in full precision")
+    quant_min_features: int = Field(16, ge=1, description="layers with fewer in/out features stay full precision")
     batch_size: int = Field(64, ge=1, description="samples per forward pass inside a worker")
+    strategy: Literal["standard", "sol"] = Field("standard", description="sol: Sol-RL explore / select / regenerate")
+    sol: SolConfig = SolConfig()
 
 
 class AWMConfig(Section):
@@ -121,6 +148,10 @@ class LearnerConfig(Section):
     zero_stage: Literal[0, 1, 2, 3] = Field(0, description="ZeRO stage; 3 partitions parameters (gathered for sync)")
     micro_batch_size: int = Field(64, ge=1, description="(sample, timestep) rows per forward/backward")
     sync_bucket_mb: float = Field(64.0, gt=0, description="weight sync packs tensors into flat buckets of this size")
+    sync_backend: Literal["object_store", "broadcast"] = Field(
+        "object_store", description="object_store: one payload through Ray; broadcast: a collective from learner rank 0 "
+        "to the inference workers (NCCL on GPUs, gloo on CPU)",
+    )
     eval_ema_decay: float = Field(
         0.0, ge=0, lt=1, description="EMA of the trained weights used for held-out eval and the final weights; 0: off"
     )
@@ -130,15 +161,25 @@ class LearnerConfig(Section):
 
 
 class RewardSpec(Section):
-    name: str = Field(description="a registered reward name")
+    name: str = Field(description="a registered name, pkg.module:factory, path/file.py:factory, or a server URL")
     weight: float = 1.0
     kwargs: dict[str, Any] = {}
+    retries: int = Field(2, ge=0, description="extra attempts after a failure (exception, bad output, timeout)")
+    timeout_s: float | None = Field(None, gt=0, description="seconds one call may take; None waits forever")
+    backoff_s: float = Field(0.5, ge=0, description="wait before retry i is backoff_s * 2**i")
+    num_workers: int | None = Field(None, ge=1, description="replicas of this reward (None: reward.num_workers)")
+    cpus_per_worker: float | None = Field(None, gt=0, description="None: reward.cpus_per_worker")
+    gpus_per_worker: float = Field(0.0, ge=0, description="fractional GPUs per replica")
 
 
 class RewardConfig(Section):
+    """Each reward runs in its own worker group (replicas, CPUs/GPUs); the job's reward is their weighted sum."""
+
     rewards: list[RewardSpec] = Field(default_factory=lambda: [RewardSpec(name="geneval_shapes")], min_length=1)
-    num_workers: int = Field(1, ge=1)
-    cpus_per_worker: float = Field(0.5, gt=0)
+    num_workers: int = Field(1, ge=1, description="default replicas per reward")
+    cpus_per_worker: float = Field(0.5, gt=0, description="default CPUs per replica")
+    max_restarts: int = Field(3, ge=0, description="a crashed reward replica is restarted this often; its batch is "
+                                                   "re-sent (Ray backend)")
 
 
 class DataConfig(Section):
@@ -201,18 +242,46 @@ class RLJobConfig(Section):
         if algorithm in ("awm", "nft"):
             section = getattr(self.learner, algorithm)
             wanted = section.num_timesteps
-            strata = int(self.rollout.num_steps * section.timestep_fraction) - 1  # grid indices [1, fraction * steps)
+            # Training samples come from the rollout grid, or from the exploration grid when Sol-RL trains on its
+            # exploration samples directly.
+            trained_on_explore = self.rollout.strategy == "sol" and not self.rollout.sol.regenerate
+            steps_key = "rollout.sol.explore_steps" if trained_on_explore else "rollout.num_steps"
+            steps = self.rollout.sol.explore_steps if trained_on_explore else self.rollout.num_steps
+            strata = int(steps * section.timestep_fraction) - 1  # grid indices [1, fraction * steps)
             if wanted > strata:
                 raise ValueError(
                     f"learner.{algorithm}.num_timesteps={wanted} exceeds the {max(strata, 0)} training timesteps "
-                    f"that rollout.num_steps={self.rollout.num_steps} offers; lower it or raise num_steps"
+                    f"that {steps_key}={steps} offers; lower it or raise the steps"
                 )
         if algorithm == "flow_grpo" and self.rollout.sampler == "ode":
             raise ValueError("learner.algorithm=flow_grpo needs stochastic rollouts with log-probs: "
                              "set rollout.sampler to sde or cps")
+        if self.rollout.strategy == "sol":
+            sol = self.rollout.sol
+            if sol.pool_size < self.rollout.group_size:
+                raise ValueError(f"rollout.sol.pool_size={sol.pool_size} must be at least rollout.group_size="
+                                 f"{self.rollout.group_size} (the seeds chosen per prompt)")
+            if sol.select == "best_worst" and self.rollout.group_size % 2:
+                raise ValueError(f"rollout.sol.select=best_worst needs an even rollout.group_size, got "
+                                 f"{self.rollout.group_size}")
+            if sol.colocate and sol.explore_workers > self.rollout.num_workers:
+                raise ValueError(f"rollout.sol.colocate needs rollout.sol.explore_workers={sol.explore_workers} <= "
+                                 f"rollout.num_workers={self.rollout.num_workers} (one bundle each)")
+            if algorithm == "flow_grpo" and not sol.regenerate:
+                raise ValueError("rollout.sol.regenerate=false trains on ODE exploration samples, which carry no "
+                                 "Flow-GRPO log-probs; use awm or nft")
+        if self.rollout.precision == "fp8" and self.rollout.quant_backend == "emulated":
+            raise ValueError("rollout.precision=fp8 runs through transformer-engine only; emulation covers nvfp4")
         if self.rollout.sde_window and self.rollout.sde_window > self.rollout.num_steps // 2:
             raise ValueError(f"rollout.sde_window={self.rollout.sde_window} must fit in the first half of "
                              f"rollout.num_steps={self.rollout.num_steps}")
+        if self.learner.sync_backend == "broadcast":
+            if self.backend == "local":
+                raise ValueError("learner.sync_backend=broadcast needs backend: ray (a collective needs one process "
+                                 "per member)")
+            if self.learner.zero_stage == 3:
+                raise ValueError("learner.sync_backend=broadcast does not support learner.zero_stage=3 yet; use "
+                                 "object_store")
         if self.backend == "local" and self.learner.num_workers > 1:
             raise ValueError("backend: local runs one learner; set learner.num_workers=1 or backend: ray")
         return self

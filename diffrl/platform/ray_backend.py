@@ -55,6 +55,9 @@ class RayBackend:
                 name=None,
                 num_cpus=placement.num_cpus,
                 num_gpus=placement.num_gpus,
+                # A restarted actor re-runs its constructor and then the calls it had in flight.
+                max_restarts=placement.max_restarts,
+                max_task_retries=placement.max_restarts,
                 scheduling_strategy=PlacementGroupSchedulingStrategy(
                     placement_group=self.pool.group, placement_group_bundle_index=index
                 ),
@@ -67,6 +70,10 @@ class RayBackend:
 
     def get(self, futures: Sequence[Any], timeout: float | None = None) -> list[Any]:
         return ray.get(list(futures), timeout=timeout)
+
+    def wait_one(self, futures: Sequence[Any]) -> int:
+        ready, _ = ray.wait(list(futures), num_returns=1)
+        return list(futures).index(ready[0])
 
     def kill(self, handles: Sequence[Any]) -> None:
         for handle in handles:

@@ -15,9 +15,11 @@ import torch
 from tqdm import tqdm
 
 from diffrl.algorithms.advantages import group_advantages
+from diffrl.algorithms.sol import kendall_tau, select_seeds, spearman_rho, top_k_agreement
 from diffrl.platform.config import RLJobConfig, dump_job
 from diffrl.platform.reporting import MetricsLog, plot_curves, sample_grid
 from diffrl.platform.worker import LocalBackend, Placement, WorkerGroup, split_evenly
+from diffrl.rewards.base import RewardOutput
 from diffrl.workers.batch import RolloutBatch, SampleRequest
 from diffrl.workers.learner import LearnerWorker
 from diffrl.workers.reward import RewardWorker
@@ -59,17 +61,58 @@ def read_prompt_file(path: str) -> list[dict]:
     return entries
 
 
-def step_requests(prompts: list[dict], cfg: RLJobConfig, step: int) -> list[SampleRequest]:
-    """The step's prompts (deterministic in (seed, step)) times group_size samples, each with its own seed."""
+def step_requests(prompts: list[dict], cfg: RLJobConfig, step: int, group_size: int | None = None) -> list[SampleRequest]:
+    """The step's prompts (deterministic in (seed, step)) times `group_size` (default rollout.group_size) samples,
+    each with its own seed. Sol-RL asks for its whole candidate pool this way."""
+    size = group_size or cfg.rollout.group_size
     rng = np.random.default_rng([cfg.seed, step])
     k = cfg.rollout.prompts_per_step
     chosen = rng.choice(len(prompts), size=k, replace=k > len(prompts))
-    seeds = rng.integers(0, 2**30, size=k * cfg.rollout.group_size)
+    seeds = rng.integers(0, 2**30, size=k * size)
     return [
-        SampleRequest(prompts[p]["prompt"], prompts[p], group, int(seeds[group * cfg.rollout.group_size + j]))
+        SampleRequest(prompts[p]["prompt"], prompts[p], group, int(seeds[group * size + j]))
         for group, p in enumerate(chosen)
-        for j in range(cfg.rollout.group_size)
+        for j in range(size)
     ]
+
+
+def sol_batch(cfg: RLJobConfig, roles: Roles, prompts: list[dict], step: int,
+              times: dict[str, float]) -> tuple[RolloutBatch, dict[str, float]]:
+    """Sol-RL's rollout: explore pool_size seeds per prompt with the low-precision copy, choose group_size of them
+    per prompt from the exploration rewards, regenerate exactly those seeds in full precision and score them again.
+    Advantages use only the regenerated rewards. Also returns ranking-fidelity metrics: Kendall tau and Spearman rho
+    between exploration and regenerated rewards of the chosen seeds (per prompt, averaged), and top-K agreement on
+    an audited slice (audit_prompts whole pools regenerated in full precision; K = group_size / 2)."""
+    sol = cfg.rollout.sol
+    p, n, k = cfg.rollout.prompts_per_step, sol.pool_size, cfg.rollout.group_size
+    pool_requests = step_requests(prompts, cfg, step, group_size=n)
+    pool = generate_and_score(roles, pool_requests, group=roles.explore, times=times, stage="explore")
+    explore_rewards = pool.rewards.view(p, n)
+    chosen = select_seeds(explore_rewards, k, sol.select, torch.Generator().manual_seed(cfg.seed * 1_000_003 + step))
+    flat = (chosen + torch.arange(p)[:, None] * n).reshape(-1)
+    if sol.regenerate:
+        batch = generate_and_score(roles, [pool_requests[i] for i in flat.tolist()], times=times, stage="regenerate")
+    else:
+        batch = pool.select(flat)
+    chosen_explore = pool.rewards[flat].view(p, k)
+    regen = batch.rewards.view(p, k)
+    taus = [kendall_tau(chosen_explore[i], regen[i]) for i in range(p)]
+    rhos = [spearman_rho(chosen_explore[i], regen[i]) for i in range(p)]
+    metrics = {
+        "sol/explore_reward": float(pool.rewards.mean()),
+        "sol/chosen_explore_reward": float(chosen_explore.mean()),
+        "sol/kendall_tau": float(np.nanmean(taus)) if not all(np.isnan(taus)) else float("nan"),
+        "sol/spearman_rho": float(np.nanmean(rhos)) if not all(np.isnan(rhos)) else float("nan"),
+    }
+    audited = min(sol.audit_prompts, p) if sol.regenerate else 0
+    if audited:
+        audit = generate_and_score(roles, pool_requests[: audited * n], times=times, stage="audit")
+        full = audit.rewards.view(audited, n)
+        metrics["sol/top_k_agreement"] = float(np.mean(
+            [top_k_agreement(explore_rewards[i], full[i], max(1, k // 2)) for i in range(audited)]))
+        metrics["sol/audit_kendall_tau"] = float(np.nanmean(
+            [kendall_tau(explore_rewards[i], full[i]) for i in range(audited)]))
+    return batch, metrics
 
 
 def eval_requests(prompts: list[dict], seeds_per_prompt: int) -> list[SampleRequest]:
@@ -89,15 +132,22 @@ def new_rendezvous(directory: Path) -> str:
 @dataclass
 class Roles:
     rollout: WorkerGroup
-    reward: WorkerGroup
+    rewards: list[WorkerGroup]  # one group per reward of the job
     learner: WorkerGroup
     pools: list = field(default_factory=list)
     scratch: Path | None = None  # holds the learners' rendezvous store
+    explore: WorkerGroup | None = None  # Sol-RL's low-precision exploration workers
+
+    @property
+    def inference_groups(self) -> list[WorkerGroup]:
+        """Every group holding an inference copy of the policy (they all receive the weights after an update)."""
+        return [self.rollout] + ([self.explore] if self.explore is not None else [])
 
     def shutdown(self) -> None:
         """Stop every worker, release the resource pools and remove the scratch directory."""
-        for group in (self.rollout, self.reward, self.learner):
-            group.shutdown()
+        for group in (self.rollout, *self.rewards, self.learner, self.explore):
+            if group is not None:
+                group.shutdown()
         for pool in self.pools:
             pool.remove()
         if self.scratch is not None:
@@ -112,7 +162,11 @@ def start_roles(cfg: RLJobConfig) -> Roles:
     rollout_args = [
         (model_cfg, cfg.rollout.model_dump(), max(1, cores // cfg.rollout.num_workers), store_trajectory)
     ] * cfg.rollout.num_workers
-    reward_args = [([spec.model_dump() for spec in cfg.reward.rewards],)] * cfg.reward.num_workers
+    reward_groups = [
+        (f"reward{i}", spec, spec.num_workers or cfg.reward.num_workers,
+         spec.cpus_per_worker or cfg.reward.cpus_per_worker, spec.gpus_per_worker)
+        for i, spec in enumerate(cfg.reward.rewards)
+    ]
     n_learners = cfg.learner.num_workers
     samples_per_rank = cfg.rollout.prompts_per_step * cfg.rollout.group_size // n_learners
     scratch = Path(tempfile.mkdtemp(prefix="diffrl-"))
@@ -122,55 +176,104 @@ def start_roles(cfg: RLJobConfig) -> Roles:
          max(1, cores // n_learners), cfg.rollout.model_dump())
         for rank in range(n_learners)
     ]
+    sol = cfg.rollout.sol if cfg.rollout.strategy == "sol" else None
+    if sol is not None:
+        explore_cfg = {**cfg.rollout.model_dump(), "precision": sol.explore_precision, "num_steps": sol.explore_steps,
+                       "sampler": "ode", "sde_window": 0, "guidance_scale": sol.explore_guidance_scale}
+        explore_args = [(model_cfg, explore_cfg, max(1, cores // sol.explore_workers), False)] * sol.explore_workers
+    colocate = sol is not None and sol.colocate
+    rollout_bundle = (cfg.rollout.cpus_per_worker + (sol.explore_cpus_per_worker if colocate else 0.0),
+                      cfg.rollout.gpus_per_worker + (sol.explore_gpus_per_worker if colocate else 0.0))
+    sections = [("rollout", cfg.rollout.num_workers, *rollout_bundle),
+                *[(role, n, cpus, gpus) for role, _, n, cpus, gpus in reward_groups],
+                ("learner", cfg.learner.num_workers, cfg.learner.cpus_per_worker, cfg.learner.gpus_per_worker)]
+    if sol is not None and not colocate:
+        sections.append(("explore", sol.explore_workers, sol.explore_cpus_per_worker, sol.explore_gpus_per_worker))
     if cfg.backend == "local":
         backend = LocalBackend()
-        backends = {"rollout": backend, "reward": backend, "learner": backend}
+        backends = {role: backend for role, *_ in sections}
+        backends["explore"] = backend
         pools = {}
     else:
         from diffrl.cluster.local import connect_ray
         from diffrl.platform.ray_backend import RayBackend, ResourcePool
 
         connect_ray(cfg.ray.address, cfg.ray.num_cpus, cfg.ray.num_gpus)
-        pools = {
-            role: ResourcePool(role, section.num_workers, section.cpus_per_worker,
-                               getattr(section, "gpus_per_worker", 0.0))
-            for role, section in (("rollout", cfg.rollout), ("reward", cfg.reward), ("learner", cfg.learner))
-        }
+        pools = {role: ResourcePool(role, n, cpus, gpus) for role, n, cpus, gpus in sections}
         backends = {role: RayBackend(pool) for role, pool in pools.items()}
+        if colocate:
+            backends["explore"] = backends["rollout"]  # explore worker i shares rollout bundle i
     roles = Roles(
         rollout=WorkerGroup(backends["rollout"], RolloutWorker, rollout_args,
                             Placement(cfg.rollout.cpus_per_worker, cfg.rollout.gpus_per_worker), "rollout"),
-        reward=WorkerGroup(backends["reward"], RewardWorker, reward_args,
-                           Placement(cfg.reward.cpus_per_worker), "reward"),
+        rewards=[
+            WorkerGroup(backends[role], RewardWorker, [([spec.model_dump()],)] * n,
+                        Placement(cpus, gpus, max_restarts=cfg.reward.max_restarts), f"reward '{spec.name}'")
+            for role, spec, n, cpus, gpus in reward_groups
+        ],
         learner=WorkerGroup(backends["learner"], LearnerWorker, learner_args,
                             Placement(cfg.learner.cpus_per_worker, cfg.learner.gpus_per_worker), "learner"),
         pools=list(pools.values()),
         scratch=scratch,
     )
+    if sol is not None:
+        roles.explore = WorkerGroup(backends["explore"], RolloutWorker, explore_args,
+                                    Placement(sol.explore_cpus_per_worker, sol.explore_gpus_per_worker), "explore")
     # Learner ranks must set up together: init_distributed waits for every rank.
-    futures = [*roles.learner.broadcast("setup"), *roles.rollout.broadcast("setup"), *roles.reward.broadcast("setup")]
+    groups = [roles.rollout, *roles.rewards, roles.learner] + ([roles.explore] if roles.explore is not None else [])
+    futures = [f for group in [roles.learner, *[g for g in groups if g is not roles.learner]]
+               for f in group.broadcast("setup")]
     roles.learner.get(futures)
-    for group in (roles.rollout, roles.reward, roles.learner):
+    for group in groups:
         not_ready = [rank for rank, health in enumerate(group.run("health")) if not health["ready"]]
         if not_ready:
             raise RuntimeError(f"{group.name} workers {not_ready} did not become ready after setup()")
+    if cfg.learner.sync_backend == "broadcast":
+        open_broadcast_channel(roles)
     return roles
 
 
-def generate_and_score(roles: Roles, requests: list[SampleRequest], **generate_kwargs: Any) -> RolloutBatch:
-    """Rollout shards over the rollout group, then score them over the reward group; rows stay in request order."""
-    shards = split_evenly(requests, len(roles.rollout))
-    batch = RolloutBatch.concat(roles.rollout.get(roles.rollout.scatter("generate", shards, **generate_kwargs)))
-    index_shards = split_evenly(list(range(len(batch))), len(roles.reward))
-    futures = [
-        roles.reward.call(i % len(roles.reward), "score", batch.images[rows], [batch.prompts[r] for r in rows],
+def generate_and_score(roles: Roles, requests: list[SampleRequest], group: WorkerGroup | None = None,
+                       times: dict[str, float] | None = None, stage: str = "rollout",
+                       **generate_kwargs: Any) -> RolloutBatch:
+    """Generate shards over `group` (default: the rollout group) and score them with every reward group; rows stay
+    in request order.
+
+    Scoring starts per shard as soon as that shard is generated (reward groups work while other rollout workers are
+    still sampling). With `times`, adds the seconds until the last shard is generated to times["time/<stage>"] and
+    the further wait for the rewards to times["time/reward"].
+    """
+    group = group or roles.rollout
+    tick = time.perf_counter()
+    shards = split_evenly(requests, len(group))
+    batches: dict[int, RolloutBatch] = {}
+    scoring: dict[int, list[list[Any]]] = {}
+    for index, shard in group.as_completed(group.scatter("generate", shards, **generate_kwargs)):
+        batches[index] = shard
+        scoring[index] = [_submit_scores(reward_group, shard) for reward_group in roles.rewards]
+    if times is not None:
+        times[f"time/{stage}"] = times.get(f"time/{stage}", 0.0) + time.perf_counter() - tick
+        tick = time.perf_counter()
+    for index in sorted(batches):
+        outputs = [
+            RewardOutput.concat(reward_group.get(futures))
+            for reward_group, futures in zip(roles.rewards, scoring[index])
+        ]
+        batches[index].rewards = torch.tensor(np.sum([o.scores for o in outputs], axis=0), dtype=torch.float32)
+        batches[index].reward_details = {k: v for o in outputs for k, v in o.details.items()}
+    if times is not None:
+        times["time/reward"] = times.get("time/reward", 0.0) + time.perf_counter() - tick
+    return RolloutBatch.concat([batches[i] for i in sorted(batches)])
+
+
+def _submit_scores(reward_group: WorkerGroup, batch: RolloutBatch) -> list[Any]:
+    """Score `batch` split over the group's replicas; returns the futures in row order."""
+    return [
+        reward_group.call(i % len(reward_group), "score", batch.images[rows], [batch.prompts[r] for r in rows],
                           [batch.metadata[r] for r in rows])
-        for i, rows in enumerate(index_shards)
+        for i, rows in enumerate(split_evenly(list(range(len(batch))), len(reward_group)))
+        if rows
     ]
-    outputs = roles.reward.get(futures)
-    batch.rewards = torch.tensor([s for out in outputs for s in out.scores], dtype=torch.float32)
-    batch.reward_details = {key: [v for out in outputs for v in out.details[key]] for key in outputs[0].details}
-    return batch
 
 
 def eval_metrics(batch: RolloutBatch, metric: str) -> dict[str, float]:
@@ -236,9 +339,11 @@ def run_rl(cfg: RLJobConfig, echo: Callable[[str], None] = print) -> dict[str, A
     echo(f"diffrl: run directory {run_dir}")
     t0 = time.perf_counter()
     roles = start_roles(cfg)
-    echo(f"diffrl: roles ready in {time.perf_counter() - t0:.1f}s "
-         f"({len(roles.rollout)} rollout, {len(roles.reward)} reward, {len(roles.learner)} learner, {cfg.backend})")
+    explore = f", {len(roles.explore)} explore ({cfg.rollout.sol.explore_precision})" if roles.explore else ""
+    echo(f"diffrl: roles ready in {time.perf_counter() - t0:.1f}s ({len(roles.rollout)} rollout, "
+         f"{sum(len(g) for g in roles.rewards)} reward, {len(roles.learner)} learner{explore}, {cfg.backend})")
     try:
+        _write_quantization_report(roles, run_dir)
         evaluations = _train(cfg, roles, train_prompts, eval_prompts, run_dir, log)
         weights_path = save_weights(roles, run_dir, "final", ema=cfg.learner.eval_ema_decay > 0,
                                     zero_stage=cfg.learner.zero_stage)
@@ -262,11 +367,40 @@ def learner_weights(roles: Roles, ema: bool = False, zero_stage: int = 0) -> Any
     return futures[0]
 
 
+def _write_quantization_report(roles: Roles, run_dir: Path) -> None:
+    """runs/NAME/quantization.json: per low-precision group, which linear layers run quantized and why not."""
+    import json
+
+    reports = {group.name: group.run("quantization_report")[0] for group in roles.inference_groups}
+    reports = {name: report for name, report in reports.items() if report}
+    if reports:
+        (run_dir / "quantization.json").write_text(json.dumps(reports, indent=1))
+
+
 def sync_weights(roles: Roles, cfg: RLJobConfig, ema: bool = False) -> int:
     """Send learner rank 0's trainable weights (or its eval EMA's) to every rollout worker; returns the version."""
+    if cfg.learner.sync_backend == "broadcast" and not ema:
+        futures = [roles.learner.call(0, "broadcast_weights")]
+        futures += [f for group in roles.inference_groups for f in group.broadcast("receive_weights")]
+        versions = roles.rollout.get(futures)
+        return int(versions[1])
     payload = learner_weights(roles, ema, cfg.learner.zero_stage)
-    versions = roles.rollout.get(roles.rollout.broadcast("load_weights", payload))
+    futures = [f for group in roles.inference_groups for f in group.broadcast("load_weights", payload)]
+    versions = roles.rollout.get(futures)
     return int(versions[0])
+
+
+def open_broadcast_channel(roles: Roles) -> None:
+    """Form the weight-broadcast group: learner rank 0 (rank 0) and every inference worker, on a file store in the
+    run's scratch directory. All members join at once (the group's construction is collective)."""
+    layout = roles.learner.get([roles.learner.call(0, "weight_layout")])[0]
+    receivers = [(group, index) for group in roles.inference_groups for index in range(len(group))]
+    world = 1 + len(receivers)
+    store = str(roles.scratch / "weights_store")
+    futures = [roles.learner.call(0, "open_weight_channel", store, world)]
+    futures += [group.call(index, "open_weight_channel", store, rank, world, layout)
+                for rank, (group, index) in enumerate(receivers, start=1)]
+    roles.learner.get(futures)
 
 
 def _evaluate(cfg: RLJobConfig, roles: Roles, prompts: list[dict], step: int, log: MetricsLog) -> tuple:
@@ -297,9 +431,11 @@ def _train(cfg: RLJobConfig, roles: Roles, train_prompts: list[dict], eval_promp
     bar = tqdm(range(cfg.trainer.steps), desc="RL", unit="step", dynamic_ncols=True)
     for step in bar:
         times: dict[str, float] = {}
-        tick = time.perf_counter()
-        batch = generate_and_score(roles, step_requests(train_prompts, cfg, step))
-        times["time/rollout_and_reward"] = time.perf_counter() - tick
+        sol_metrics: dict[str, float] = {}
+        if cfg.rollout.strategy == "sol":
+            batch, sol_metrics = sol_batch(cfg, roles, train_prompts, step, times)
+        else:
+            batch = generate_and_score(roles, step_requests(train_prompts, cfg, step), times=times)
         batch.advantages = compute_advantages(batch, cfg)
 
         tick = time.perf_counter()
@@ -313,7 +449,7 @@ def _train(cfg: RLJobConfig, roles: Roles, train_prompts: list[dict], eval_promp
         times["time/step"] = sum(times.values())
 
         record = {"step": step + 1, "reward/mean": float(batch.rewards.mean()), "reward/std": float(batch.rewards.std()),
-                  "weight_version": version, **times}
+                  "weight_version": version, **times, **sol_metrics}
         record.update({f"train/{k}": float(np.mean([r[k] for r in results])) for k in results[0]})
         record.update({f"reward/{k}": float(np.mean(v)) for k, v in batch.reward_details.items()
                        if v and isinstance(v[0], (int, float))})

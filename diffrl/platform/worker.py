@@ -26,10 +26,12 @@ class Worker(Protocol):
 
 @dataclass(frozen=True)
 class Placement:
-    """What one worker of a group asks of its resource pool: CPUs and (fractional) GPUs per worker."""
+    """What one worker of a group asks of its resource pool: CPUs and (fractional) GPUs per worker, and how often a
+    dead worker is restarted (its in-flight calls are then re-sent to the restarted worker; Ray backend only)."""
 
     num_cpus: float = 1.0
     num_gpus: float = 0.0
+    max_restarts: int = 0
 
 
 class Backend(Protocol):
@@ -38,6 +40,8 @@ class Backend(Protocol):
     def call(self, handle: Any, method: str, *args: Any, **kwargs: Any) -> Any: ...
 
     def get(self, futures: Sequence[Any], timeout: float | None = None) -> list[Any]: ...
+
+    def wait_one(self, futures: Sequence[Any]) -> int: ...
 
     def kill(self, handles: Sequence[Any]) -> None: ...
 
@@ -73,6 +77,10 @@ class LocalBackend:
                 raise future.error
             values.append(future.value)
         return values
+
+    def wait_one(self, futures: Sequence[Any]) -> int:
+        """Index of a finished future (local calls finish when made: the first)."""
+        return 0
 
     def kill(self, handles: Sequence[Any]) -> None:
         return None
@@ -116,6 +124,14 @@ class WorkerGroup:
 
     def get(self, futures: Sequence[Any], timeout: float | None = None) -> list[Any]:
         return self.backend.get(futures, timeout=timeout)
+
+    def as_completed(self, futures: Sequence[Any]):
+        """Yield (index, result) for `futures` in the order they finish."""
+        pending = dict(enumerate(futures))
+        while pending:
+            keys = list(pending)
+            index = keys[self.backend.wait_one([pending[k] for k in keys])]
+            yield index, self.get([pending.pop(index)])[0]
 
     def run(self, method: str, *args: Any, **kwargs: Any) -> list[Any]:
         """Broadcast and wait: the results of every worker, in rank order."""

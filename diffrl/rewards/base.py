@@ -7,7 +7,9 @@ reward, so a broken reward fails the step loudly instead of turning into silent 
 from __future__ import annotations
 
 import importlib
+import importlib.util
 import math
+from pathlib import Path
 from dataclasses import dataclass, field
 from typing import Callable, Protocol, Sequence
 
@@ -20,6 +22,13 @@ class RewardOutput:
 
     scores: list[float]
     details: dict[str, list] = field(default_factory=dict)
+
+    @staticmethod
+    def concat(outputs: Sequence[RewardOutput]) -> RewardOutput:
+        """Outputs of consecutive row shards, joined in order."""
+        keys = outputs[0].details.keys() if outputs else []
+        return RewardOutput(scores=[s for o in outputs for s in o.scores],
+                            details={k: [v for o in outputs for v in o.details[k]] for k in keys})
 
 
 class Reward(Protocol):
@@ -61,26 +70,65 @@ def register_reward(name: str) -> Callable[[Callable[..., Reward]], Callable[...
 
 
 def build_reward(name: str, **kwargs) -> Reward:
-    """Build a reward from a registered name or an import path `pkg.module:factory` (factory(**kwargs) -> Reward).
+    """Build a reward from any of the four plug-in routes; kwargs go to the factory.
 
-    Errors name the reward and list the registered names.
+    - a registered name (`geneval_shapes`, `ocr`, ...), including rewards that installed packages register through
+      the entry-point group `diffrl.rewards` (`name = "pkg.module:factory"` in their pyproject);
+    - an import path `pkg.module:factory`;
+    - a file `path/to/file.py:factory` (loaded as a module; the path is relative to the working directory);
+    - the URL of a reward server, `http://HOST:PORT` (see `diffrl serve-reward`; kwargs: token, timeout_s).
+    factory(**kwargs) returns the reward callable. Errors name the reward and list what is registered.
     """
     import diffrl.rewards.builtin  # noqa: F401  (registers the built-in rewards)
 
+    if name.startswith(("http://", "https://")):
+        from diffrl.rewards.remote import RemoteReward
+
+        return RemoteReward(name, **kwargs)
     if ":" in name:
-        module_name, _, attribute = name.partition(":")
+        return _load_factory(name)(**kwargs)
+    if name in _REGISTRY:
+        return _REGISTRY[name](**kwargs)
+    entry_points = _entry_points()
+    if name in entry_points:
         try:
-            factory = getattr(importlib.import_module(module_name), attribute)
-        except (ImportError, AttributeError) as err:
-            raise RewardError(f"reward '{name}': cannot import {attribute!r} from {module_name!r}: {err}") from err
+            factory = entry_points[name].load()
+        except Exception as err:  # noqa: BLE001 - a broken plug-in must name itself
+            raise RewardError(f"reward '{name}': entry point {entry_points[name].value!r} failed to load: {err}") from err
         return factory(**kwargs)
-    if name not in _REGISTRY:
-        raise RewardError(f"unknown reward '{name}'; registered rewards: {sorted(_REGISTRY)} "
-                          "(or give an import path pkg.module:factory)")
-    return _REGISTRY[name](**kwargs)
+    raise RewardError(f"unknown reward '{name}'; registered rewards: {sorted(_REGISTRY) + sorted(entry_points)} "
+                      "(or give pkg.module:factory, path/to/file.py:factory, or a reward server URL)")
+
+
+def _load_factory(name: str) -> Callable[..., Reward]:
+    target, _, attribute = name.rpartition(":")
+    if target.endswith(".py"):
+        path = Path(target)
+        if not path.is_file():
+            raise RewardError(f"reward '{name}': file not found: {path}")
+        spec = importlib.util.spec_from_file_location(f"diffrl_reward_{path.stem}", path)
+        module = importlib.util.module_from_spec(spec)
+        try:
+            spec.loader.exec_module(module)
+        except Exception as err:  # noqa: BLE001
+            raise RewardError(f"reward '{name}': importing {path} failed: {type(err).__name__}: {err}") from err
+    else:
+        try:
+            module = importlib.import_module(target)
+        except ImportError as err:
+            raise RewardError(f"reward '{name}': cannot import module {target!r}: {err}") from err
+    if not hasattr(module, attribute):
+        raise RewardError(f"reward '{name}': {target!r} has no attribute {attribute!r}")
+    return getattr(module, attribute)
+
+
+def _entry_points() -> dict:
+    from importlib.metadata import entry_points
+
+    return {ep.name: ep for ep in entry_points(group="diffrl.rewards")}
 
 
 def known_rewards() -> list[str]:
     import diffrl.rewards.builtin  # noqa: F401
 
-    return sorted(_REGISTRY)
+    return sorted(set(_REGISTRY) | set(_entry_points()))

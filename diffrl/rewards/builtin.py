@@ -45,3 +45,37 @@ class JpegCompressibility:
 @register_reward("jpeg_compressibility")
 def jpeg_compressibility(quality: int = 95, sign: float = 1.0) -> JpegCompressibility:
     return JpegCompressibility(quality, sign)
+
+
+@register_reward("ocr")
+def ocr(use_angle_cls: bool = False):
+    """Flow-GRPO's OCR reward (rapidocr-onnxruntime, models inside its wheel); target text between double quotes."""
+    from diffrl.rewards.ocr import OcrReward
+
+    return OcrReward(use_angle_cls)
+
+
+@register_reward("pickscore")
+def pickscore(path: str, processor_path: str | None = None, dtype: str = "fp32", batch_size: int = 16):
+    """PickScore from a local CLIP directory: logit_scale.exp() * cosine / 26."""
+    from diffrl.rewards.pickscore import PickScoreReward
+
+    return PickScoreReward(path, processor_path, dtype, batch_size)
+
+
+@register_reward("geneval")
+def geneval(detector_path: str, clip_path: str, score: str = "partial", device: str | None = None):
+    """GenEval for natural images: Mask2Former (instance segmentation) and CLIP colors from local directories."""
+    from diffrl.rewards.geneval_natural import geneval_natural
+
+    return geneval_natural(detector_path, clip_path, score, device)
+
+
+@register_reward("vlm_judge")
+def vlm_judge(path: str, backend: str = "auto", question: str | None = None, vllm_python: str | None = None):
+    """P(yes) of a vision-language judge asked whether the image shows the prompt (vLLM on GPUs in its own
+    environment, transformers elsewhere)."""
+    from diffrl.rewards.vlm_judge import QUESTION
+    from diffrl.rewards.vlm_judge import vlm_judge as build
+
+    return build(path, backend, question or QUESTION, vllm_python)

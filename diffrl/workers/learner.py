@@ -20,6 +20,7 @@ from torch import nn
 from diffrl.algorithms.awm import ema_decay, ema_update_
 from diffrl.models.adapter import Conditioning, concat_conditioning, encode_each, select_conditioning
 from diffrl.models.registry import apply_lora, build_model_from_config, load_trainable_state_dict, trainable_state_dict
+from diffrl.platform.collective_sync import BroadcastChannel, BucketLayout
 from diffrl.platform.weight_sync import DEFAULT_BUCKET_MB, WeightPayload, pack
 from diffrl.workers.batch import RolloutBatch
 from diffrl.workers.objectives import build_objective
@@ -196,6 +197,21 @@ class LearnerWorker:
         with self._gathered():
             state = trainable_state_dict(self.engine.module)
         return pack(state, self.version, self.cfg.get("sync_bucket_mb", DEFAULT_BUCKET_MB))
+
+    # --------------------------------------------------------------- weight sync by broadcast (sync_backend)
+    def weight_layout(self) -> BucketLayout:
+        """The bucket layout of get_weights(), fixed for a run; receivers allocate from it."""
+        return BucketLayout.of(self.get_weights())
+
+    def open_weight_channel(self, store_path: str, world_size: int) -> None:
+        """Join the weight-broadcast group as its sender (call on rank 0, together with every receiver)."""
+        self._channel = BroadcastChannel(store_path, 0, world_size, self.device)
+
+    def broadcast_weights(self) -> int:
+        """Broadcast the current trainable tensors to every receiver; returns their version."""
+        payload = self.get_weights()
+        self._channel.send(payload)
+        return payload.version
 
     def _gathered(self):
         """Full parameters inside the block under ZeRO-3 (a collective over the ranks); a no-op otherwise."""

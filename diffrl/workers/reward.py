@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import time
+from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import TimeoutError as FutureTimeout
 from typing import Any, Sequence
 
 import numpy as np
@@ -20,18 +23,43 @@ class RewardWorker:
         for spec in self.specs:
             self.rewards[spec["name"]] = build_reward(spec["name"], **spec.get("kwargs", {}))
 
+    def _attempt(self, spec: dict, images: np.ndarray, prompts: list[str], metadata: list[dict]) -> RewardOutput:
+        """One call of the reward, bounded by spec["timeout_s"] (run on its own thread so a hang cannot block)."""
+        name, timeout = spec["name"], spec.get("timeout_s")
+        if timeout is None:
+            raw = self.rewards[name](images, prompts, metadata)
+        else:
+            pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix=f"reward-{name}")
+            try:
+                raw = pool.submit(self.rewards[name], images, prompts, metadata).result(timeout=timeout)
+            except FutureTimeout:
+                raise TimeoutError(f"no answer within {timeout:g} s") from None
+            finally:
+                pool.shutdown(wait=False)
+        return validate_reward_output(name, raw, len(prompts))
+
+    def _score_one(self, spec: dict, images: np.ndarray, prompts: list[str], metadata: list[dict]) -> RewardOutput:
+        """Call with bounded retries and exponential backoff; then fail naming the reward and the last cause."""
+        attempts = spec.get("retries", 0) + 1
+        for attempt in range(attempts):
+            try:
+                return self._attempt(spec, images, prompts, metadata)
+            except Exception as err:  # noqa: BLE001 - every failure is retried, then reported by name
+                cause = err
+                if attempt + 1 < attempts:
+                    time.sleep(spec.get("backoff_s", 0.5) * 2**attempt)
+        detail = str(cause).removeprefix(f"reward '{spec['name']}' ")
+        raise RewardError(f"reward '{spec['name']}' failed after {attempts} attempt(s): "
+                          f"{type(cause).__name__}: {detail}") from cause
+
     def score(self, images: np.ndarray, prompts: Sequence[str], metadata: Sequence[dict]) -> RewardOutput:
+        if len(self.rewards) != len(self.specs):  # a restarted actor re-ran only its constructor
+            self.setup()
         total = np.zeros(len(prompts), dtype=np.float64)
         details: dict[str, list] = {}
         for spec in self.specs:
             name = spec["name"]
-            try:
-                raw = self.rewards[name](images, list(prompts), list(metadata))
-            except RewardError:
-                raise
-            except Exception as err:
-                raise RewardError(f"reward '{name}' raised {type(err).__name__}: {err}") from err
-            output = validate_reward_output(name, raw, len(prompts))
+            output = self._score_one(spec, images, list(prompts), list(metadata))
             total += spec.get("weight", 1.0) * np.asarray(output.scores, dtype=np.float64)
             details[name] = output.scores
             details.update({f"{name}/{key}": values for key, values in output.details.items()})

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 from typing import Any, Sequence
 
 import torch
@@ -32,6 +33,37 @@ class RolloutWorker:
         if lora["enabled"]:
             apply_lora(self.model, lora["rank"], lora["alpha"], lora["target_modules"])
         self.model.to("cuda" if torch.cuda.is_available() else "cpu").eval().requires_grad_(False)
+        self.quant_report: list[dict] = []
+        self._precision_context = contextlib.nullcontext
+        if self.cfg["precision"] in ("nvfp4", "fp8"):
+            self._quantize()
+
+    def _quantize(self) -> None:
+        """Low-precision copy of the denoiser (`rollout.precision`): transformer-engine where the GPU supports the
+        precision (quant_backend auto or transformer_engine), else emulated NVFP4 fake quantization."""
+        from diffrl.models.low_precision import DEFAULT_SKIP, quantize_linears, report_table, te_convert_linears, te_recipe
+
+        precision, backend = self.cfg["precision"], self.cfg["quant_backend"]
+        skip = self.cfg["quant_skip"] if self.cfg["quant_skip"] is not None else DEFAULT_SKIP
+        recipe = None
+        if backend in ("auto", "transformer_engine"):
+            try:
+                recipe = te_recipe(precision)
+            except RuntimeError as err:
+                if backend == "transformer_engine" or precision == "fp8":
+                    raise RuntimeError(f"rollout.precision={precision} with transformer-engine: {err}") from None
+        if recipe is not None:
+            import transformer_engine.pytorch as te
+
+            report = te_convert_linears(self.model.denoiser, skip, self.cfg["quant_min_features"])
+            self._precision_context = lambda: te.fp8_autocast(enabled=True, fp8_recipe=recipe)
+        else:
+            report = quantize_linears(self.model.denoiser, skip, self.cfg["quant_min_features"])
+        self.quant_report = report_table(report)
+
+    def quantization_report(self) -> list[dict]:
+        """Per linear layer: name, in/out features, whether it runs in low precision and why not."""
+        return self.quant_report
 
     def _encode(self, prompts: Sequence[str]):
         for prompt in sorted(set(prompts) - set(self._cond_cache)):
@@ -57,12 +89,13 @@ class RolloutWorker:
             part = requests[start : start + size]
             seeds = [r.seed for r in part]
             guidance = self.cfg.get("guidance_scale", 1.0)
-            result = sample(
-                self.model, self._encode([r.prompt for r in part]), seeds, num_steps,
-                sampler=sampler, noise_level=self.cfg["noise_level"], autocast_dtype=autocast,
-                guidance_scale=guidance, null_cond=self._encode([""] * len(part)) if guidance != 1.0 else None,
-                sde_window=self.cfg["sde_window"] if sampler != "ode" else 0, store_trajectory=store,
-            )
+            with self._precision_context():
+                result = sample(
+                    self.model, self._encode([r.prompt for r in part]), seeds, num_steps,
+                    sampler=sampler, noise_level=self.cfg["noise_level"], autocast_dtype=autocast,
+                    guidance_scale=guidance, null_cond=self._encode([""] * len(part)) if guidance != 1.0 else None,
+                    sde_window=self.cfg["sde_window"] if sampler != "ode" else 0, store_trajectory=store,
+                )
             chunks.append(
                 RolloutBatch(
                     prompts=[r.prompt for r in part],
@@ -88,6 +121,17 @@ class RolloutWorker:
         load_trainable_state_dict(self.model.denoiser, payload.tensors())
         self.weight_version = payload.version
         return payload.version
+
+    def open_weight_channel(self, store_path: str, rank: int, world_size: int, layout: Any) -> None:
+        """Join the learner's weight-broadcast group as receiver `rank` (learner.sync_backend: broadcast)."""
+        from diffrl.platform.collective_sync import BroadcastChannel
+
+        self._channel = BroadcastChannel(store_path, rank, world_size, next(self.model.denoiser.parameters()).device)
+        self._layout = layout
+
+    def receive_weights(self) -> int:
+        """Receive one broadcast from learner rank 0 and load it; returns its version."""
+        return self.load_weights(self._channel.receive(self._layout))
 
     def state_dict(self) -> dict[str, Any]:
         return {"weight_version": self.weight_version}

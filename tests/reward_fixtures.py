@@ -1,0 +1,15 @@
+"""Rewards used by tests that run in Ray actors (loaded there by file path)."""
+
+import time
+
+from diffrl.rewards.base import RewardOutput
+
+
+def slow_checksum(delay: float = 1.0):
+    """Scores each image by a checksum of its pixels after `delay` seconds (slow enough to be killed mid-batch)."""
+
+    def reward(images, prompts, metadata):
+        time.sleep(delay)
+        return RewardOutput(scores=[float(int(image.sum()) % 997) for image in images], details={"prompt": list(prompts)})
+
+    return reward
