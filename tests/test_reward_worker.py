@@ -121,7 +121,9 @@ def test_a_hanging_reward_times_out_with_its_name():
 def test_unknown_reward_lists_registered_names():
     with pytest.raises(RewardError, match=r"unknown reward 'genevall'; registered rewards: \[.*'geneval_shapes'"):
         worker({"name": "genevall"})
-    with pytest.raises(RewardError, match=r"tests:nope.*has no attribute 'nope'"):
-        worker({"name": "tests:nope"})
+    with pytest.raises(RewardError, match=r"'diffrl\.rewards\.base' has no attribute 'nope'"):
+        worker({"name": "diffrl.rewards.base:nope"})
+    with pytest.raises(RewardError, match=r"cannot import module 'no_such_module_xyz'"):
+        worker({"name": "no_such_module_xyz:factory"})
     with pytest.raises(RewardError, match=r"file not found: missing.py"):
         worker({"name": "missing.py:reward"})

@@ -96,13 +96,12 @@ def sol_batch(cfg: RLJobConfig, roles: Roles, prompts: list[dict], step: int,
         batch = pool.select(flat)
     chosen_explore = pool.rewards[flat].view(p, k)
     regen = batch.rewards.view(p, k)
-    taus = [kendall_tau(chosen_explore[i], regen[i]) for i in range(p)]
-    rhos = [spearman_rho(chosen_explore[i], regen[i]) for i in range(p)]
     metrics = {
         "sol/explore_reward": float(pool.rewards.mean()),
         "sol/chosen_explore_reward": float(chosen_explore.mean()),
-        "sol/kendall_tau": float(np.nanmean(taus)) if not all(np.isnan(taus)) else float("nan"),
-        "sol/spearman_rho": float(np.nanmean(rhos)) if not all(np.isnan(rhos)) else float("nan"),
+        # per prompt, averaged; nan when every prompt's rewards are constant (no ranking to compare)
+        "sol/kendall_tau": _nanmean([kendall_tau(chosen_explore[i], regen[i]) for i in range(p)]),
+        "sol/spearman_rho": _nanmean([spearman_rho(chosen_explore[i], regen[i]) for i in range(p)]),
     }
     audited = min(sol.audit_prompts, p) if sol.regenerate else 0
     if audited:
@@ -110,9 +109,13 @@ def sol_batch(cfg: RLJobConfig, roles: Roles, prompts: list[dict], step: int,
         full = audit.rewards.view(audited, n)
         metrics["sol/top_k_agreement"] = float(np.mean(
             [top_k_agreement(explore_rewards[i], full[i], max(1, k // 2)) for i in range(audited)]))
-        metrics["sol/audit_kendall_tau"] = float(np.nanmean(
-            [kendall_tau(explore_rewards[i], full[i]) for i in range(audited)]))
+        metrics["sol/audit_kendall_tau"] = _nanmean([kendall_tau(explore_rewards[i], full[i]) for i in range(audited)])
     return batch, metrics
+
+
+def _nanmean(values: list[float]) -> float:
+    finite = [v for v in values if not np.isnan(v)]
+    return float(np.mean(finite)) if finite else float("nan")
 
 
 def eval_requests(prompts: list[dict], seeds_per_prompt: int) -> list[SampleRequest]:
