@@ -5,6 +5,16 @@ from __future__ import annotations
 import os
 
 
+def pin_loopback_interfaces() -> None:
+    """Point gloo and NCCL at the loopback interface (lo, or lo0 on macOS) unless the user set GLOO_SOCKET_IFNAME /
+    NCCL_SOCKET_IFNAME: the learner group and the weight-broadcast group then never listen on other interfaces."""
+    import socket
+
+    loopback = next((name for _, name in socket.if_nameindex() if name.startswith("lo")), "lo")
+    os.environ.setdefault("GLOO_SOCKET_IFNAME", loopback)
+    os.environ.setdefault("NCCL_SOCKET_IFNAME", loopback)
+
+
 def connect_ray(address: str | None = None, num_cpus: int = 8, num_gpus: int | None = None) -> None:
     """Join `address` (or RAY_ADDRESS) if set; otherwise start a local cluster whose ports listen on loopback only.
 

@@ -112,15 +112,24 @@ def quantize_linears(
             targets.append((name, child))
     for name, layer in targets:
         linear = layer.base_layer if _is_lora_linear(layer) else layer
-        reason = ""
-        if any(p.search(name) for p in patterns):
-            reason = "skip rule"
-        elif min(linear.in_features, linear.out_features) < min_features:
-            reason = f"smaller than {min_features} features"
+        reason = _skip_reason(name, linear, patterns, min_features)
         report.append(LayerReport(name, linear.in_features, linear.out_features, not reason, reason or "nvfp4"))
         if not reason:
             layer.forward = NVFP4Forward(layer)
     return report
+
+
+def _skip_reason(name: str, linear: nn.Linear, patterns: list[re.Pattern], min_features: int,
+                 whole_blocks: bool = False) -> str:
+    """Why a linear layer stays in full precision ("" when it is quantized): a skip rule or its size. Emulation pads
+    partial 16-element blocks; transformer-engine needs whole blocks (`whole_blocks`)."""
+    if any(p.search(name) for p in patterns):
+        return "skip rule"
+    if min(linear.in_features, linear.out_features) < min_features:
+        return f"smaller than {min_features} features"
+    if whole_blocks and linear.in_features % 16:
+        return "in_features not a multiple of 16"
+    return ""
 
 
 def is_quantized(layer: nn.Module) -> bool:
@@ -165,11 +174,7 @@ def te_convert_linears(module: nn.Module, skip: Sequence[str] = DEFAULT_SKIP, mi
     for name, layer in list(module.named_modules()):
         if not isinstance(layer, nn.Linear):
             continue
-        reason = ""
-        if any(p.search(name) for p in patterns):
-            reason = "skip rule"
-        elif min(layer.in_features, layer.out_features) < min_features or layer.in_features % 16:
-            reason = f"smaller than {min_features} features or not a multiple of 16"
+        reason = _skip_reason(name, layer, patterns, min_features, whole_blocks=True)
         report.append(LayerReport(name, layer.in_features, layer.out_features, not reason, reason or "te"))
         if reason:
             continue

@@ -10,14 +10,13 @@ it; the object-store path (`weight_sync.py`) is the default.
 
 from __future__ import annotations
 
-import os
-import socket
 from dataclasses import dataclass
 from datetime import timedelta
 
 import torch
 import torch.distributed as dist
 
+from diffrl.cluster.local import pin_loopback_interfaces
 from diffrl.platform.weight_sync import TensorSlot, WeightPayload
 
 
@@ -38,9 +37,7 @@ class BroadcastChannel:
     """One member of the weight-broadcast group; rank 0 is the sender (learner rank 0)."""
 
     def __init__(self, store_path: str, rank: int, world_size: int, device: torch.device, timeout_s: float = 600) -> None:
-        loopback = next((name for _, name in socket.if_nameindex() if name.startswith("lo")), "lo")
-        os.environ.setdefault("GLOO_SOCKET_IFNAME", loopback)
-        os.environ.setdefault("NCCL_SOCKET_IFNAME", loopback)
+        pin_loopback_interfaces()
         self.rank, self.world_size, self.device = rank, world_size, device
         store = dist.FileStore(store_path, world_size)
         timeout = timedelta(seconds=timeout_s)

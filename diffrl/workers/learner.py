@@ -11,13 +11,13 @@ from __future__ import annotations
 import contextlib
 import copy
 import os
-import socket
 from typing import Any
 
 import torch
 from torch import nn
 
 from diffrl.algorithms.awm import ema_decay, ema_update_
+from diffrl.cluster.local import pin_loopback_interfaces
 from diffrl.models.adapter import Conditioning, concat_conditioning, encode_each, select_conditioning
 from diffrl.models.registry import apply_lora, build_model_from_config, load_trainable_state_dict, trainable_state_dict
 from diffrl.platform.collective_sync import BroadcastChannel, BucketLayout
@@ -58,9 +58,7 @@ class LearnerWorker:
         # Ranks meet through a file store (`rendezvous`, a file:// URL on this node) instead of a TCP store, whose
         # server would listen on every interface; gloo/NCCL connections are pinned to the loopback interface.
         os.environ.update(RANK=str(self.rank), LOCAL_RANK="0", WORLD_SIZE=str(self.world_size))
-        loopback = next((name for _, name in socket.if_nameindex() if name.startswith("lo")), "lo")  # lo0 on macOS
-        os.environ.setdefault("GLOO_SOCKET_IFNAME", loopback)
-        os.environ.setdefault("NCCL_SOCKET_IFNAME", loopback)
+        pin_loopback_interfaces()
         import deepspeed
         import deepspeed.ops
 

@@ -14,7 +14,7 @@ shared noise) and the RL step, so rows never depend on how the controller split 
 from __future__ import annotations
 
 import zlib
-from typing import Callable, Protocol
+from typing import Protocol
 
 import torch
 from torch import Tensor
@@ -25,9 +25,6 @@ from diffrl.algorithms.flow_matching import cps_step, sde_step, stratified_times
 from diffrl.algorithms.nft import nft_loss
 from diffrl.models.adapter import Conditioning
 from diffrl.workers.batch import RolloutBatch
-
-Velocity = Callable[[Tensor, Tensor, Conditioning], Tensor]
-
 
 class Models(Protocol):
     """What an objective may call: the trained policy and the frozen or shadow copies the learner keeps."""
