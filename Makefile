@@ -23,11 +23,16 @@ env: $(STAMP)
 demo: $(STAMP)
 	$(VENV)/bin/diffrl run configs/shapes_awm.yaml
 
-test: $(STAMP)
+test: $(STAMP) /usr/bin/chromium
 	$(VENV)/bin/pytest -q --timeout=900
 
-test-all: $(STAMP)
+test-all: $(STAMP) /usr/bin/chromium
 	$(VENV)/bin/pytest -q --timeout=3600 -m ""
+
+# tests/test_report.py renders runs/NAME/report.html in headless Chromium; Debian's package provides it (sudo only
+# when not root).
+/usr/bin/chromium:
+	$$( [ "$$(id -u)" = 0 ] || echo sudo ) apt-get install -y chromium
 
 bench: $(STAMP)
 	$(PY) benchmarks/overhead.py

@@ -33,8 +33,14 @@ def check_run(run_dir: Path) -> list[dict]:
     base = TinyT2I.from_pretrained("builtin:shapes_base").denoiser.state_dict()
     assert set(final) == set(base)
     assert any(not torch.equal(final[k], base[k]) for k in final), "training must change the weights"
-    for name in ("config.yaml", "samples_before.png", "samples_after.png", "reward_curve.png"):
+    for name in ("config.yaml", "samples_before.png", "samples_after.png", "reward_curve.png", "report.html"):
         assert (run_dir / name).stat().st_size > 0
+    samples = json.loads((run_dir / "samples.json").read_text())
+    assert samples["before"]["step"] == 0 and samples["after"]["step"] == 2 and samples["after"]["prompts"]
+    assert any(k.startswith("reward/geneval_shapes/strict/") for k in steps[0])  # per task type
+    # wandb, offline by default: one run whose id is kept for resumes
+    run_id = (run_dir / "wandb_id").read_text()
+    assert list((run_dir / "wandb").glob(f"offline-run-*-{run_id}/run-{run_id}.wandb"))
     return records
 
 

@@ -35,12 +35,14 @@ def test_killed_reward_replica_is_restarted_and_every_score_arrives_once(ray_clu
     group = WorkerGroup(RayBackend(pool), RewardWorker, [([spec],)] * 2, Placement(0.5, max_restarts=2), "reward")
     try:
         group.run("setup")
-        futures = _submit_scores(group, batch)
+        group.restore = lambda g, rank: g.get([g.call(rank, "setup")])
+        calls, futures = _submit_scores(group, batch)
         time.sleep(0.7)
-        ray.kill(group.handles[0], no_restart=False)  # dies mid-batch; Ray restarts it and re-sends its call
-        out = RewardOutput.concat(group.get(futures, timeout=120))
+        ray.kill(group.handles[0], no_restart=False)  # dies mid-batch; Ray restarts it, the group re-sends its call
+        out = RewardOutput.concat(group.gather(calls, futures))
         assert out.scores == expected
         assert out.details[FIXTURE + "/prompt"] == batch.prompts  # each row answered exactly once, in order
+        assert group.restarts == [1, 0]
         assert group.run("health") == [{"ready": True}, {"ready": True}]
     finally:
         group.shutdown()

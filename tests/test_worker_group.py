@@ -82,7 +82,7 @@ def test_ray_errors_propagate_and_unplaceable_pool_times_out(ray_cluster):
         group.shutdown()
     finally:
         pool.remove()
-    with pytest.raises(PlacementTimeout, match=r"resource pool 'huge' .* could not be placed .* cluster has"):
+    with pytest.raises(PlacementTimeout, match=r"role 'huge' could not be placed in 2 s: it asks for 2 x .*CPU.: 64.*the cluster has 1 node"):
         ResourcePool("huge", num_bundles=2, cpus=64, timeout_s=2)
 
 

@@ -14,17 +14,25 @@ def _job_kinds() -> dict:
 
 
 def cmd_run(args: argparse.Namespace) -> int:
+    from diffrl.platform.checkpoint import CheckpointError
     from diffrl.platform.config import ConfigError, load_job
 
+    overrides = list(args.overrides)
+    if args.address:
+        overrides.append(f"ray.address={args.address}")
     try:
-        cfg = load_job(args.job, args.overrides)
+        cfg = load_job(args.job, overrides)
     except ConfigError as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
     if args.check:
         print(f"{args.job}: valid {cfg.kind} job")
         return 0
-    _job_kinds()[cfg.kind](cfg)
+    try:
+        _job_kinds()[cfg.kind](cfg, resume=args.resume)
+    except CheckpointError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
     return 0
 
 
@@ -68,6 +76,11 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("job", help="YAML job file, e.g. configs/shapes_awm.yaml")
     run.add_argument("overrides", nargs="*", help="dotted overrides such as trainer.steps=20")
     run.add_argument("--check", action="store_true", help="validate the job and exit")
+    run.add_argument("--resume", action="store_true",
+                     help="continue runs/NAME from its newest complete checkpoint (see also resume: auto)")
+    run.add_argument("--address", default=None,
+                     help="join this Ray cluster (host:port, or set RAY_ADDRESS); default: start a local one on "
+                          "127.0.0.1")
     run.set_defaults(func=cmd_run)
 
     pre = sub.add_parser("pretrain-shapes", help="pretrain the built-in tiny model on the shapes world")
@@ -84,6 +97,10 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--token", default=None, help="shared token (or DIFFRL_REWARD_TOKEN)")
     serve.add_argument("--kwargs", default="{}", help="JSON object of factory arguments")
     serve.set_defaults(func=cmd_serve_reward)
+
+    from diffrl.platform.report_html import add_report_command
+
+    add_report_command(sub)
     return parser
 
 

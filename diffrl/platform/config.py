@@ -27,6 +27,11 @@ class RayConfig(Section):
     address: str | None = Field(None, description="Ray cluster to join (or RAY_ADDRESS); None starts a local one")
     num_cpus: int = Field(8, ge=1, description="logical CPUs of a local cluster (a scheduling budget, not cores)")
     num_gpus: int | None = Field(None, ge=0, description="GPUs of a local cluster; None detects them")
+    placement_timeout_s: float = Field(120.0, gt=0, description="seconds a role's resource pool may wait to be placed")
+
+
+Resources = dict[str, float]
+RESOURCES_HELP = "custom Ray resources per worker, e.g. {node_a: 1} to land on the nodes that advertise node_a"
 
 
 class LoraConfig(Section):
@@ -62,6 +67,7 @@ class SolConfig(Section):
     explore_workers: int = Field(1, ge=1)
     explore_cpus_per_worker: float = Field(1.0, gt=0)
     explore_gpus_per_worker: float = Field(0.0, ge=0)
+    explore_resources: Resources = Field(default_factory=dict, description=RESOURCES_HELP)
     colocate: bool = Field(False, description="explore workers share the rollout workers' resource bundles "
                                               "(explore worker i on rollout bundle i, fractional GPUs)")
     regenerate: bool = Field(True, description="False trains on the exploration samples themselves (ablation)")
@@ -73,6 +79,9 @@ class RolloutConfig(Section):
     num_workers: int = Field(1, ge=1)
     cpus_per_worker: float = Field(1.0, gt=0)
     gpus_per_worker: float = Field(0.0, ge=0)
+    resources: Resources = Field(default_factory=dict, description=RESOURCES_HELP)
+    max_restarts: int = Field(3, ge=0, description="a dead rollout (or explore) worker is restarted this often, given "
+                                                   "the current weights, and its shard re-sent (Ray backend)")
     prompts_per_step: int = Field(8, ge=1, description="distinct prompts per RL step")
     group_size: int = Field(8, ge=2, description="samples per prompt; advantages are computed within a group")
     num_steps: int = Field(10, ge=1, description="sampler steps per rollout")
@@ -140,11 +149,13 @@ class LearnerConfig(Section):
     num_workers: int = Field(1, ge=1, description="data-parallel DeepSpeed ranks")
     cpus_per_worker: float = Field(1.0, gt=0)
     gpus_per_worker: float = Field(0.0, ge=0)
+    resources: Resources = Field(default_factory=dict, description=RESOURCES_HELP)
     algorithm: Literal["awm", "flow_grpo", "nft"] = "awm"
     lr: float = Field(2e-4, gt=0)
     weight_decay: float = Field(1e-4, ge=0)
     betas: tuple[float, float] = (0.9, 0.999)
     grad_clip: float = Field(1.0, ge=0, description="0 disables clipping")
+    warmup_steps: int = Field(0, ge=0, description="linear learning-rate warm-up over this many updates (0: none)")
     zero_stage: Literal[0, 1, 2, 3] = Field(0, description="ZeRO stage; 3 partitions parameters (gathered for sync)")
     micro_batch_size: int = Field(64, ge=1, description="(sample, timestep) rows per forward/backward")
     sync_bucket_mb: float = Field(64.0, gt=0, description="weight sync packs tensors into flat buckets of this size")
@@ -170,6 +181,7 @@ class RewardSpec(Section):
     num_workers: int | None = Field(None, ge=1, description="replicas of this reward (None: reward.num_workers)")
     cpus_per_worker: float | None = Field(None, gt=0, description="None: reward.cpus_per_worker")
     gpus_per_worker: float = Field(0.0, ge=0, description="fractional GPUs per replica")
+    resources: Resources | None = Field(None, description="custom Ray resources per replica (None: reward.resources)")
 
 
 class RewardConfig(Section):
@@ -178,6 +190,7 @@ class RewardConfig(Section):
     rewards: list[RewardSpec] = Field(default_factory=lambda: [RewardSpec(name="geneval_shapes")], min_length=1)
     num_workers: int = Field(1, ge=1, description="default replicas per reward")
     cpus_per_worker: float = Field(0.5, gt=0, description="default CPUs per replica")
+    resources: Resources = Field(default_factory=dict, description=RESOURCES_HELP)
     max_restarts: int = Field(3, ge=0, description="a crashed reward replica is restarted this often; its batch is "
                                                    "re-sent (Ray backend)")
 
@@ -205,12 +218,29 @@ class DataConfig(Section):
         return self
 
 
+class WandbConfig(Section):
+    mode: Literal["offline", "online", "disabled"] = Field(
+        "offline", description="offline writes runs/NAME/wandb (sync later with `wandb sync`); online needs a login"
+    )
+    project: str = "diffrl"
+    entity: str | None = None
+    tags: list[str] = Field(default_factory=list)
+
+
 class TrainerConfig(Section):
     steps: int = Field(50, ge=0)
     eval_every: int = Field(0, ge=0, description="held-out eval every N steps (0: only before and after)")
     eval_prompts: Literal["heldout", "train"] = "heldout"
     eval_seeds_per_prompt: int = Field(16, ge=1)
-    checkpoint_every: int = Field(0, ge=0, description="0: only the final weights")
+    checkpoint_every: int = Field(0, ge=0, description="full checkpoint (exact resume) every N steps; 0: none")
+    keep_checkpoints: int = Field(3, ge=0, description="newest checkpoints kept on disk (0 keeps all)")
+    max_learner_failures: int = Field(
+        3, ge=0, description="with resume: auto, a dead learner restarts the roles from the newest checkpoint at "
+        "most this often per run",
+    )
+    report_every: int = Field(25, ge=0, description="rebuild report.html every N steps (and after every eval); 0: "
+                                                    "only at evals and the end")
+    wandb: WandbConfig = WandbConfig()
     sample_grid_prompts: int = Field(8, ge=1)
     eval_metric: str = Field("geneval_shapes/strict", description="reward detail averaged over tags for the headline")
     eval_label: str = "GenEval-shapes"
@@ -222,6 +252,10 @@ class RLJobConfig(Section):
     seed: int = 0
     output_dir: str = "runs"
     backend: Literal["ray", "local"] = Field("ray", description="local runs every worker in-process (debugging)")
+    resume: Literal["never", "auto"] = Field(
+        "never", description="auto: continue runs/NAME from its newest complete checkpoint when there is one (and "
+        "restart from it when a learner dies); never: a new run directory every time",
+    )
     ray: RayConfig = RayConfig()
     model: ModelConfig = ModelConfig()
     rollout: RolloutConfig = RolloutConfig()
@@ -282,6 +316,9 @@ class RLJobConfig(Section):
             if self.learner.zero_stage == 3:
                 raise ValueError("learner.sync_backend=broadcast does not support learner.zero_stage=3 yet; use "
                                  "object_store")
+        if self.learner.zero_stage == 3 and (self.trainer.checkpoint_every or self.resume == "auto"):
+            raise ValueError("trainer.checkpoint_every / resume: auto need learner.zero_stage 0-2 (exact checkpoints "
+                             "of ZeRO-3 partitions are not supported yet; final weights are still saved)")
         if self.backend == "local" and self.learner.num_workers > 1:
             raise ValueError("backend: local runs one learner; set learner.num_workers=1 or backend: ray")
         return self

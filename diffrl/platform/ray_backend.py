@@ -19,9 +19,10 @@ class ResourcePool:
     """`num_bundles` bundles of `cpus`/`gpus` each, reserved together. Groups that share a pool colocate: worker i
     of every group lands on bundle i, each taking its Placement's share of the bundle (fractional GPUs)."""
 
-    def __init__(self, name: str, num_bundles: int, cpus: float, gpus: float = 0.0, timeout_s: float = 60.0) -> None:
+    def __init__(self, name: str, num_bundles: int, cpus: float, gpus: float = 0.0,
+                 resources: dict[str, float] | None = None, timeout_s: float = 120.0) -> None:
         self.name = name
-        bundle: dict[str, float] = {"CPU": cpus}
+        bundle: dict[str, float] = {"CPU": cpus, **(resources or {})}
         if gpus:
             bundle["GPU"] = gpus
         self.bundles = [dict(bundle) for _ in range(num_bundles)]
@@ -31,12 +32,26 @@ class ResourcePool:
         except ray.exceptions.GetTimeoutError:
             remove_placement_group(self.group)
             raise PlacementTimeout(
-                f"resource pool '{name}' ({num_bundles} x {bundle}) could not be placed in {timeout_s:.0f}s; "
-                f"the cluster has {ray.cluster_resources()} of which {ray.available_resources()} are free"
+                f"role '{name}' could not be placed in {timeout_s:.0f} s: it asks for {num_bundles} x {bundle}; "
+                f"the cluster has {_describe_nodes()} (free now: {_rounded(ray.available_resources())}). Lower the "
+                f"role's workers, cpus/gpus per worker or custom resources, or add nodes (ray.placement_timeout_s "
+                f"sets the wait)"
             ) from None
 
     def remove(self) -> None:
         remove_placement_group(self.group)
+
+
+def _rounded(resources: dict[str, float]) -> dict[str, float]:
+    return {k: round(v, 2) for k, v in sorted(resources.items())
+            if not k.startswith(("node:", "memory", "object_store_memory", "bundle_group"))}
+
+
+def _describe_nodes() -> str:
+    """Each alive node's address and schedulable resources, e.g. "2 nodes: 127.0.0.1 {CPU: 8, node_a: 1}; ..."."""
+    nodes = [n for n in ray.nodes() if n.get("Alive")]
+    parts = [f"{n.get('NodeManagerAddress')} {_rounded(n.get('Resources', {}))}" for n in nodes]
+    return f"{len(nodes)} node(s): " + "; ".join(parts)
 
 
 class RayBackend:
@@ -55,9 +70,11 @@ class RayBackend:
                 name=None,
                 num_cpus=placement.num_cpus,
                 num_gpus=placement.num_gpus,
-                # A restarted actor re-runs its constructor and then the calls it had in flight.
+                resources=placement.resources or None,
+                # A dead actor is restarted (its constructor runs again); its lost calls are not retried by Ray but
+                # re-sent by WorkerGroup after the group's restore hook brought the new process up to date.
                 max_restarts=placement.max_restarts,
-                max_task_retries=placement.max_restarts,
+                max_task_retries=0,
                 scheduling_strategy=PlacementGroupSchedulingStrategy(
                     placement_group=self.pool.group, placement_group_bundle_index=index
                 ),
@@ -78,3 +95,6 @@ class RayBackend:
     def kill(self, handles: Sequence[Any]) -> None:
         for handle in handles:
             ray.kill(handle)
+
+    def is_lost(self, error: BaseException) -> bool:
+        return isinstance(error, (ray.exceptions.RayActorError, ray.exceptions.ActorUnavailableError))

@@ -24,7 +24,17 @@ class MetricsLog:
     def read(self) -> list[dict[str, Any]]:
         if not self.path.exists():
             return []
-        return [json.loads(line) for line in self.path.read_text().splitlines() if line.strip()]
+        records = []
+        lines = self.path.read_text().splitlines()
+        for number, line in enumerate(lines, start=1):
+            if not line.strip():
+                continue
+            try:
+                records.append(json.loads(line))
+            except json.JSONDecodeError:
+                if number < len(lines):  # only the last line may be cut short (a process killed mid-write)
+                    raise ValueError(f"{self.path}:{number}: not a JSON record") from None
+        return records
 
 
 def sample_grid(

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import tempfile
@@ -12,13 +13,16 @@ from typing import Any, Callable
 
 import numpy as np
 import torch
+from safetensors.torch import save_file
 from tqdm import tqdm
 
 from diffrl.algorithms.advantages import group_advantages
 from diffrl.algorithms.sol import kendall_tau, select_seeds, spearman_rho, top_k_agreement
-from diffrl.platform.config import RLJobConfig, dump_job
-from diffrl.platform.reporting import MetricsLog, plot_curves, sample_grid
-from diffrl.platform.worker import LocalBackend, Placement, WorkerGroup, split_evenly
+from diffrl.platform import checkpoint as ckpt
+from diffrl.platform.config import RLJobConfig
+from diffrl.platform.reporting import plot_curves, sample_grid
+from diffrl.platform.runs import RunLog, open_run, rewind_metrics
+from diffrl.platform.worker import Call, LocalBackend, Placement, WorkerGroup, WorkerLost, split_evenly
 from diffrl.rewards.base import RewardOutput
 from diffrl.workers.batch import RolloutBatch, SampleRequest
 from diffrl.workers.learner import LearnerWorker
@@ -140,6 +144,9 @@ class Roles:
     pools: list = field(default_factory=list)
     scratch: Path | None = None  # holds the learners' rendezvous store
     explore: WorkerGroup | None = None  # Sol-RL's low-precision exploration workers
+    serving: str = "policy"  # which weights the inference groups hold: "policy", or "ema" during an EMA eval
+    channel_generation: int = 0  # the weight-broadcast group is formed again (next generation) after a restart
+    channel_stale: bool = False
 
     @property
     def inference_groups(self) -> list[WorkerGroup]:
@@ -167,7 +174,8 @@ def start_roles(cfg: RLJobConfig) -> Roles:
     ] * cfg.rollout.num_workers
     reward_groups = [
         (f"reward{i}", spec, spec.num_workers or cfg.reward.num_workers,
-         spec.cpus_per_worker or cfg.reward.cpus_per_worker, spec.gpus_per_worker)
+         spec.cpus_per_worker or cfg.reward.cpus_per_worker, spec.gpus_per_worker,
+         spec.resources if spec.resources is not None else cfg.reward.resources)
         for i, spec in enumerate(cfg.reward.rewards)
     ]
     n_learners = cfg.learner.num_workers
@@ -185,13 +193,18 @@ def start_roles(cfg: RLJobConfig) -> Roles:
                        "sampler": "ode", "sde_window": 0, "guidance_scale": sol.explore_guidance_scale}
         explore_args = [(model_cfg, explore_cfg, max(1, cores // sol.explore_workers), False)] * sol.explore_workers
     colocate = sol is not None and sol.colocate
+    # Each role's per-worker bundle: (cpus, gpus, custom resources). Colocated explore workers add theirs to the
+    # rollout bundle they share.
     rollout_bundle = (cfg.rollout.cpus_per_worker + (sol.explore_cpus_per_worker if colocate else 0.0),
-                      cfg.rollout.gpus_per_worker + (sol.explore_gpus_per_worker if colocate else 0.0))
+                      cfg.rollout.gpus_per_worker + (sol.explore_gpus_per_worker if colocate else 0.0),
+                      _merge_resources(cfg.rollout.resources, sol.explore_resources if colocate else {}))
     sections = [("rollout", cfg.rollout.num_workers, *rollout_bundle),
-                *[(role, n, cpus, gpus) for role, _, n, cpus, gpus in reward_groups],
-                ("learner", cfg.learner.num_workers, cfg.learner.cpus_per_worker, cfg.learner.gpus_per_worker)]
+                *[(role, n, cpus, gpus, res) for role, _, n, cpus, gpus, res in reward_groups],
+                ("learner", cfg.learner.num_workers, cfg.learner.cpus_per_worker, cfg.learner.gpus_per_worker,
+                 cfg.learner.resources)]
     if sol is not None and not colocate:
-        sections.append(("explore", sol.explore_workers, sol.explore_cpus_per_worker, sol.explore_gpus_per_worker))
+        sections.append(("explore", sol.explore_workers, sol.explore_cpus_per_worker, sol.explore_gpus_per_worker,
+                         sol.explore_resources))
     if cfg.backend == "local":
         backend = LocalBackend()
         backends = {role: backend for role, *_ in sections}
@@ -202,26 +215,37 @@ def start_roles(cfg: RLJobConfig) -> Roles:
         from diffrl.platform.ray_backend import RayBackend, ResourcePool
 
         connect_ray(cfg.ray.address, cfg.ray.num_cpus, cfg.ray.num_gpus)
-        pools = {role: ResourcePool(role, n, cpus, gpus) for role, n, cpus, gpus in sections}
+        pools = {}
+        try:
+            for role, n, cpus, gpus, res in sections:
+                pools[role] = ResourcePool(role, n, cpus, gpus, res, timeout_s=cfg.ray.placement_timeout_s)
+        except Exception:
+            for pool in pools.values():
+                pool.remove()
+            raise
         backends = {role: RayBackend(pool) for role, pool in pools.items()}
         if colocate:
             backends["explore"] = backends["rollout"]  # explore worker i shares rollout bundle i
+    restarts = cfg.rollout.max_restarts
     roles = Roles(
         rollout=WorkerGroup(backends["rollout"], RolloutWorker, rollout_args,
-                            Placement(cfg.rollout.cpus_per_worker, cfg.rollout.gpus_per_worker), "rollout"),
+                            Placement(cfg.rollout.cpus_per_worker, cfg.rollout.gpus_per_worker, restarts,
+                                      cfg.rollout.resources), "rollout"),
         rewards=[
             WorkerGroup(backends[role], RewardWorker, [([spec.model_dump()],)] * n,
-                        Placement(cpus, gpus, max_restarts=cfg.reward.max_restarts), f"reward '{spec.name}'")
-            for role, spec, n, cpus, gpus in reward_groups
+                        Placement(cpus, gpus, cfg.reward.max_restarts, res), f"reward '{spec.name}'")
+            for role, spec, n, cpus, gpus, res in reward_groups
         ],
         learner=WorkerGroup(backends["learner"], LearnerWorker, learner_args,
-                            Placement(cfg.learner.cpus_per_worker, cfg.learner.gpus_per_worker), "learner"),
+                            Placement(cfg.learner.cpus_per_worker, cfg.learner.gpus_per_worker, 0,
+                                      cfg.learner.resources), "learner"),
         pools=list(pools.values()),
         scratch=scratch,
     )
     if sol is not None:
         roles.explore = WorkerGroup(backends["explore"], RolloutWorker, explore_args,
-                                    Placement(sol.explore_cpus_per_worker, sol.explore_gpus_per_worker), "explore")
+                                    Placement(sol.explore_cpus_per_worker, sol.explore_gpus_per_worker, restarts,
+                                              sol.explore_resources), "explore")
     # Learner ranks must set up together: init_distributed waits for every rank.
     groups = [roles.rollout, *roles.rewards, roles.learner] + ([roles.explore] if roles.explore is not None else [])
     futures = [f for group in [roles.learner, *[g for g in groups if g is not roles.learner]]
@@ -231,9 +255,38 @@ def start_roles(cfg: RLJobConfig) -> Roles:
         not_ready = [rank for rank, health in enumerate(group.run("health")) if not health["ready"]]
         if not_ready:
             raise RuntimeError(f"{group.name} workers {not_ready} did not become ready after setup()")
+    install_restore_hooks(roles, cfg)
     if cfg.learner.sync_backend == "broadcast":
         open_broadcast_channel(roles)
     return roles
+
+
+def install_restore_hooks(roles: Roles, cfg: RLJobConfig) -> None:
+    """How a restarted worker is brought back before its lost call is sent again: every worker runs setup(); an
+    inference worker then loads the weights the others serve (the learner's current policy, or its eval EMA during
+    an EMA eval) and, under broadcast sync, the broadcast group is formed again before the next sync."""
+
+    def restore_inference(group: WorkerGroup, rank: int) -> None:
+        group.get([group.call(rank, "setup")])
+        payload = learner_weights(roles, ema=roles.serving == "ema", zero_stage=cfg.learner.zero_stage)
+        group.get([group.call(rank, "load_weights", payload)])
+        roles.channel_stale = cfg.learner.sync_backend == "broadcast"
+
+    def restore_reward(group: WorkerGroup, rank: int) -> None:
+        group.get([group.call(rank, "setup")])
+
+    for group in roles.inference_groups:
+        group.restore = restore_inference
+    for group in roles.rewards:
+        group.restore = restore_reward
+
+
+def _merge_resources(*parts: dict[str, float]) -> dict[str, float]:
+    merged: dict[str, float] = {}
+    for part in parts:
+        for key, value in part.items():
+            merged[key] = merged.get(key, 0.0) + value
+    return merged
 
 
 def generate_and_score(roles: Roles, requests: list[SampleRequest], group: WorkerGroup | None = None,
@@ -249,9 +302,10 @@ def generate_and_score(roles: Roles, requests: list[SampleRequest], group: Worke
     group = group or roles.rollout
     tick = time.perf_counter()
     shards = split_evenly(requests, len(group))
+    calls = [Call(index % len(group), "generate", (shard,), generate_kwargs) for index, shard in enumerate(shards)]
     batches: dict[int, RolloutBatch] = {}
-    scoring: dict[int, list[list[Any]]] = {}
-    for index, shard in group.as_completed(group.scatter("generate", shards, **generate_kwargs)):
+    scoring: dict[int, list[tuple[list[Call], list[Any]]]] = {}
+    for index, shard in group.calls_as_completed(calls):
         batches[index] = shard
         scoring[index] = [_submit_scores(reward_group, shard) for reward_group in roles.rewards]
     if times is not None:
@@ -259,8 +313,8 @@ def generate_and_score(roles: Roles, requests: list[SampleRequest], group: Worke
         tick = time.perf_counter()
     for index in sorted(batches):
         outputs = [
-            RewardOutput.concat(reward_group.get(futures))
-            for reward_group, futures in zip(roles.rewards, scoring[index])
+            RewardOutput.concat(reward_group.gather(*submitted))
+            for reward_group, submitted in zip(roles.rewards, scoring[index])
         ]
         batches[index].rewards = torch.tensor(np.sum([o.scores for o in outputs], axis=0), dtype=torch.float32)
         batches[index].reward_details = {k: v for o in outputs for k, v in o.details.items()}
@@ -269,14 +323,15 @@ def generate_and_score(roles: Roles, requests: list[SampleRequest], group: Worke
     return RolloutBatch.concat([batches[i] for i in sorted(batches)])
 
 
-def _submit_scores(reward_group: WorkerGroup, batch: RolloutBatch) -> list[Any]:
-    """Score `batch` split over the group's replicas; returns the futures in row order."""
-    return [
-        reward_group.call(i % len(reward_group), "score", batch.images[rows], [batch.prompts[r] for r in rows],
-                          [batch.metadata[r] for r in rows])
+def _submit_scores(reward_group: WorkerGroup, batch: RolloutBatch) -> tuple[list[Call], list[Any]]:
+    """Score `batch` split over the group's replicas; returns the calls and their futures, in row order (pass both
+    to `reward_group.gather`, which re-sends a call whose replica died)."""
+    calls = [
+        Call(i % len(reward_group), "score",
+             (batch.images[rows], [batch.prompts[r] for r in rows], [batch.metadata[r] for r in rows]))
         for i, rows in enumerate(split_evenly(list(range(len(batch))), len(reward_group)))
-        if rows
     ]
+    return calls, reward_group.submit(calls)
 
 
 def eval_metrics(batch: RolloutBatch, metric: str) -> dict[str, float]:
@@ -310,21 +365,8 @@ def compute_advantages(batch: RolloutBatch, cfg: RLJobConfig) -> torch.Tensor:
     return adv
 
 
-def prepare_run_dir(cfg: RLJobConfig) -> Path:
-    """runs/NAME, or runs/NAME_2, ... when it exists: a new run never overwrites an old one."""
-    base = cfg.run_dir
-    run_dir, suffix = base, 2
-    while run_dir.exists():
-        run_dir, suffix = base.with_name(f"{base.name}_{suffix}"), suffix + 1
-    run_dir.mkdir(parents=True)
-    (run_dir / "config.yaml").write_text(dump_job(cfg))
-    return run_dir
-
-
 def save_weights(roles: Roles, run_dir: Path, name: str, ema: bool = False, zero_stage: int = 0) -> Path:
     """Learner rank 0's trainable tensors (or its eval EMA's) as safetensors, written to a temp file and renamed."""
-    from safetensors.torch import save_file
-
     payload = roles.learner.get([learner_weights(roles, ema, zero_stage)])[0]
     path = run_dir / f"{name}.safetensors"
     tmp = path.with_suffix(".tmp")
@@ -333,31 +375,115 @@ def save_weights(roles: Roles, run_dir: Path, name: str, ema: bool = False, zero
     return path
 
 
-def run_rl(cfg: RLJobConfig, echo: Callable[[str], None] = print) -> dict[str, Any]:
-    """Run an RL job; returns the summary (base and final headline, run dir)."""
+def _state_groups(roles: Roles) -> list[WorkerGroup]:
+    """Groups whose workers' state (RNG states, weight versions) a checkpoint keeps besides the learners'."""
+    return [*roles.inference_groups, *roles.rewards]
+
+
+def save_checkpoint(roles: Roles, cfg: RLJobConfig, run_dir: Path, step: int, trainer: dict[str, Any]) -> Path:
+    """Write checkpoints/step_N atomically (see diffrl.platform.checkpoint): every learner rank's state, the trained
+    weights, the other workers' state and the controller's `trainer` state."""
+    states = roles.learner.run("state_dict")
+    tmp = ckpt.begin(run_dir, step)
+    weights = states[0]["weights"]
+    save_file(weights, str(tmp / "model.safetensors"), metadata={"version": str(states[0]["version"])})
+    for rank, state in enumerate(states):
+        ckpt.write_state({k: v for k, v in state.items() if k != "weights"}, tmp, f"learner_rank{rank}")
+    workers = {group.name: group.gather([Call(rank, "state_dict") for rank in range(len(group))])
+               for group in _state_groups(roles)}
+    ckpt.write_state(workers, tmp, "workers")
+    (tmp / "trainer.json").write_text(json.dumps({**trainer, "step": step}, indent=1))
+    return ckpt.commit(tmp, step, keep=cfg.trainer.keep_checkpoints)
+
+
+def restore_checkpoint(roles: Roles, cfg: RLJobConfig, checkpoint: ckpt.Checkpoint) -> None:
+    """Load a checkpoint into freshly set-up roles: learner ranks first, then the inference workers receive the
+    restored weights and every worker its own state back."""
+    weights = checkpoint.model_tensors()
+    roles.learner.get([roles.learner.call(rank, "load_state_dict", {**checkpoint.learner_state(rank), "weights": weights})
+                       for rank in range(len(roles.learner))])
+    sync_weights(roles, cfg)
+    saved = checkpoint.workers()
+    for group in _state_groups(roles):
+        states = saved.get(group.name, [])
+        group.gather([Call(rank, "load_state_dict", (state,)) for rank, state in enumerate(states[: len(group)])])
+
+
+def _learner_died(roles: Roles, error: BaseException) -> bool:
+    """Whether `error` left a learner rank dead (its health call fails as a lost worker)."""
+    if isinstance(error, WorkerLost):
+        return error.group == roles.learner.name
+    if not roles.learner.backend.is_lost(error):
+        return False
+    for rank in range(len(roles.learner)):
+        try:
+            roles.learner.get([roles.learner.call(rank, "health")], timeout=30)
+        except Exception as err:  # noqa: BLE001
+            if roles.learner.backend.is_lost(err):
+                return True
+    return False
+
+
+def run_rl(cfg: RLJobConfig, echo: Callable[[str], None] = print, resume: bool = False) -> dict[str, Any]:
+    """Run an RL job (or continue it: `resume` or cfg.resume == "auto", see runs.open_run); returns the summary
+    (base and final headline, run dir, final weights).
+
+    With resume: auto, a learner that dies mid-run brings the roles down and up again from the newest checkpoint
+    (at most trainer.max_learner_failures times); other workers are restarted in place by their groups."""
     train_prompts, heldout_prompts = prompt_splits(cfg)
     eval_prompts = heldout_prompts if cfg.trainer.eval_prompts == "heldout" else train_prompts
-    run_dir = prepare_run_dir(cfg)
-    log = MetricsLog(run_dir / "metrics.jsonl")
-    echo(f"diffrl: run directory {run_dir}")
-    t0 = time.perf_counter()
-    roles = start_roles(cfg)
-    explore = f", {len(roles.explore)} explore ({cfg.rollout.sol.explore_precision})" if roles.explore else ""
-    echo(f"diffrl: roles ready in {time.perf_counter() - t0:.1f}s ({len(roles.rollout)} rollout, "
-         f"{sum(len(g) for g in roles.rewards)} reward, {len(roles.learner)} learner{explore}, {cfg.backend})")
+    run_dir, checkpoint = open_run(cfg, must_resume=resume)
+    log = RunLog(run_dir, cfg)
+    echo(f"diffrl: run directory {run_dir}" + (f" (resuming from step {checkpoint.step})" if checkpoint else ""))
+    failures = 0
     try:
-        _write_quantization_report(roles, run_dir)
-        evaluations = _train(cfg, roles, train_prompts, eval_prompts, run_dir, log)
-        weights_path = save_weights(roles, run_dir, "final", ema=cfg.learner.eval_ema_decay > 0,
-                                    zero_stage=cfg.learner.zero_stage)
+        while True:
+            t0 = time.perf_counter()
+            roles = start_roles(cfg)
+            try:
+                explore = f", {len(roles.explore)} explore ({cfg.rollout.sol.explore_precision})" if roles.explore else ""
+                echo(f"diffrl: roles ready in {time.perf_counter() - t0:.1f}s ({len(roles.rollout)} rollout, "
+                     f"{sum(len(g) for g in roles.rewards)} reward, {len(roles.learner)} learner{explore}, "
+                     f"{cfg.backend})")
+                if checkpoint is not None:
+                    restore_checkpoint(roles, cfg, checkpoint)
+                _write_quantization_report(roles, run_dir)
+                evaluations = _train(cfg, roles, train_prompts, eval_prompts, run_dir, log, checkpoint)
+                weights_path = save_weights(roles, run_dir, "final", ema=cfg.learner.eval_ema_decay > 0,
+                                            zero_stage=cfg.learner.zero_stage)
+                break
+            except Exception as err:
+                if cfg.resume != "auto" or failures >= cfg.trainer.max_learner_failures or not _learner_died(roles, err):
+                    raise
+                failures += 1
+                checkpoint = ckpt.latest_checkpoint(run_dir)
+                rewind_metrics(run_dir, checkpoint.step if checkpoint else None)
+                where = f"checkpoint step {checkpoint.step}" if checkpoint else "the start (no checkpoint yet)"
+                echo(f"diffrl: a learner died ({err}); restarting the roles from {where} "
+                     f"(failure {failures} of {cfg.trainer.max_learner_failures} allowed)")
+            finally:
+                roles.shutdown()
+        plot_curves(log.read(), run_dir / "reward_curve.png", f"{cfg.name}: {cfg.trainer.eval_label}")
+        base, final = evaluations[0][1], evaluations[-1][1]
+        summary = {"run_dir": str(run_dir), "base": base, "final": final, "weights": str(weights_path)}
+        log.write({"summary/base": base, "summary/final": final, "step": cfg.trainer.steps})
+        _refresh_report(run_dir)
     finally:
-        roles.shutdown()
-    plot_curves(log.read(), run_dir / "reward_curve.png", f"{cfg.name}: {cfg.trainer.eval_label}")
-    base, final = evaluations[0], evaluations[-1]
-    summary = {"run_dir": str(run_dir), "base": base, "final": final, "weights": str(weights_path)}
-    log.write({"summary/base": base, "summary/final": final, "step": cfg.trainer.steps})
+        log.close()
     echo(f"held-out {cfg.trainer.eval_label}: base {base:.3f} -> final {final:.3f}")
     return summary
+
+
+def _refresh_report(run_dir: Path) -> None:
+    """Rebuild runs/NAME/report.html; a failure is reported but never stops training (`diffrl report` rebuilds)."""
+    import sys
+
+    from diffrl.platform.report_html import write_report
+
+    try:
+        write_report(run_dir)
+    except Exception as err:  # noqa: BLE001 - the report is a view of the run, not part of it
+        print(f"diffrl: warning: report.html not updated: {type(err).__name__}: {err}", file=sys.stderr)
 
 
 def learner_weights(roles: Roles, ema: bool = False, zero_stage: int = 0) -> Any:
@@ -382,14 +508,17 @@ def _write_quantization_report(roles: Roles, run_dir: Path) -> None:
 
 def sync_weights(roles: Roles, cfg: RLJobConfig, ema: bool = False) -> int:
     """Send learner rank 0's trainable weights (or its eval EMA's) to every rollout worker; returns the version."""
+    roles.serving = "ema" if ema else "policy"
     if cfg.learner.sync_backend == "broadcast" and not ema:
+        if roles.channel_stale:
+            open_broadcast_channel(roles)
         futures = [roles.learner.call(0, "broadcast_weights")]
         futures += [f for group in roles.inference_groups for f in group.broadcast("receive_weights")]
         versions = roles.rollout.get(futures)
         return int(versions[1])
     payload = learner_weights(roles, ema, cfg.learner.zero_stage)
-    futures = [f for group in roles.inference_groups for f in group.broadcast("load_weights", payload)]
-    versions = roles.rollout.get(futures)
+    versions = [version for group in roles.inference_groups
+                for version in group.gather([Call(rank, "load_weights", (payload,)) for rank in range(len(group))])]
     return int(versions[0])
 
 
@@ -399,14 +528,16 @@ def open_broadcast_channel(roles: Roles) -> None:
     layout = roles.learner.get([roles.learner.call(0, "weight_layout")])[0]
     receivers = [(group, index) for group in roles.inference_groups for index in range(len(group))]
     world = 1 + len(receivers)
-    store = str(roles.scratch / "weights_store")
+    roles.channel_generation += 1
+    roles.channel_stale = False
+    store = str(roles.scratch / f"weights_store_{roles.channel_generation}")
     futures = [roles.learner.call(0, "open_weight_channel", store, world)]
     futures += [group.call(index, "open_weight_channel", store, rank, world, layout)
                 for rank, (group, index) in enumerate(receivers, start=1)]
     roles.learner.get(futures)
 
 
-def _evaluate(cfg: RLJobConfig, roles: Roles, prompts: list[dict], step: int, log: MetricsLog) -> tuple:
+def _evaluate(cfg: RLJobConfig, roles: Roles, prompts: list[dict], step: int, log: RunLog) -> tuple:
     """Held-out eval with the deterministic ODE sampler (and the eval EMA weights when learner.eval_ema_decay > 0)."""
     use_ema = cfg.learner.eval_ema_decay > 0 and step > 0
     if use_ema:
@@ -419,19 +550,54 @@ def _evaluate(cfg: RLJobConfig, roles: Roles, prompts: list[dict], step: int, lo
     return metrics["eval/headline"], batch
 
 
-def _grid(cfg: RLJobConfig, batch: RolloutBatch, path: Path, title: str) -> None:
+def _grid(cfg: RLJobConfig, batch: RolloutBatch, run_dir: Path, which: str, step: int, score: float) -> None:
+    """samples_<which>.png (one row per prompt) and its entry in samples.json (title, prompts, step) for the
+    report."""
     per_prompt = cfg.trainer.eval_seeds_per_prompt
     rows = min(cfg.trainer.sample_grid_prompts, len(batch) // per_prompt)
     keep = [p * per_prompt + j for p in range(rows) for j in range(min(per_prompt, 8))]
-    sample_grid(batch.images[keep], [batch.prompts[i] for i in keep], min(per_prompt, 8), path, title=title)
+    title = f"{'before' if which == 'before' else 'after'} RL: {cfg.trainer.eval_label} {score:.3f}"
+    sample_grid(batch.images[keep], [batch.prompts[i] for i in keep], min(per_prompt, 8),
+                run_dir / f"samples_{which}.png", title=title)
+    index_path = run_dir / "samples.json"
+    index = json.loads(index_path.read_text()) if index_path.exists() else {}
+    index[which] = {"title": title, "step": step, "prompts": [batch.prompts[p * per_prompt] for p in range(rows)]}
+    tmp = index_path.with_suffix(".tmp")
+    tmp.write_text(json.dumps(index, indent=1))
+    os.replace(tmp, index_path)
+
+
+def step_record(step: int, batch: RolloutBatch, results: list[dict[str, float]], times: dict[str, float],
+                version: int) -> dict[str, Any]:
+    """One metrics.jsonl record of a training step: reward mean/std, every numeric reward detail (and per task tag
+    when prompts carry one), the learner's metrics averaged over ranks, stage times and the weight version."""
+    record = {"step": step, "reward/mean": float(batch.rewards.mean()), "reward/std": float(batch.rewards.std()),
+              "weight_version": version, **times}
+    record.update({f"train/{k}": float(np.mean([r[k] for r in results])) for k in results[0]})
+    tags = [m.get("tag") for m in batch.metadata]
+    for key, values in batch.reward_details.items():
+        if not values or not isinstance(values[0], (int, float)):
+            continue
+        record[f"reward/{key}"] = float(np.mean(values))
+        for tag in sorted({t for t in tags if t}):
+            record[f"reward/{key}/{tag}"] = float(np.mean([v for v, t in zip(values, tags) if t == tag]))
+    return record
 
 
 def _train(cfg: RLJobConfig, roles: Roles, train_prompts: list[dict], eval_prompts: list[dict], run_dir: Path,
-           log: MetricsLog) -> list[float]:
-    base, base_batch = _evaluate(cfg, roles, eval_prompts, 0, log)
-    _grid(cfg, base_batch, run_dir / "samples_before.png", f"before RL: {cfg.trainer.eval_label} {base:.3f}")
-    evaluations = [base]
-    bar = tqdm(range(cfg.trainer.steps), desc="RL", unit="step", dynamic_ncols=True)
+           log: RunLog, checkpoint: ckpt.Checkpoint | None = None) -> list[tuple[int, float]]:
+    """The RL loop from step 0 or from `checkpoint`; returns the held-out history [(step, headline), ...]."""
+    if checkpoint is None:
+        start = 0
+        base, base_batch = _evaluate(cfg, roles, eval_prompts, 0, log)
+        _grid(cfg, base_batch, run_dir, "before", 0, base)
+        evaluations = [(0, base)]
+        _refresh_report(run_dir)
+    else:
+        start = checkpoint.step
+        evaluations = [tuple(e) for e in checkpoint.trainer["evaluations"]]
+    bar = tqdm(range(start, cfg.trainer.steps), desc="RL", unit="step", dynamic_ncols=True, initial=start,
+               total=cfg.trainer.steps)
     for step in bar:
         times: dict[str, float] = {}
         sol_metrics: dict[str, float] = {}
@@ -451,21 +617,31 @@ def _train(cfg: RLJobConfig, roles: Roles, train_prompts: list[dict], eval_promp
         times["time/sync"] = time.perf_counter() - tick
         times["time/step"] = sum(times.values())
 
-        record = {"step": step + 1, "reward/mean": float(batch.rewards.mean()), "reward/std": float(batch.rewards.std()),
-                  "weight_version": version, **times, **sol_metrics}
-        record.update({f"train/{k}": float(np.mean([r[k] for r in results])) for k in results[0]})
-        record.update({f"reward/{k}": float(np.mean(v)) for k, v in batch.reward_details.items()
-                       if v and isinstance(v[0], (int, float))})
+        record = {**step_record(step + 1, batch, results, times, version), **sol_metrics}
         log.write(record)
         bar.set_postfix(reward=f"{record['reward/mean']:.3f}", step_s=f"{times['time/step']:.2f}")
-        last = step + 1 == cfg.trainer.steps
-        if last or (cfg.trainer.eval_every and (step + 1) % cfg.trainer.eval_every == 0):
-            score, eval_batch = _evaluate(cfg, roles, eval_prompts, step + 1, log)
-            evaluations.append(score)
-            bar.write(f"step {step + 1}: held-out {cfg.trainer.eval_label} {score:.3f}")
+        done = step + 1
+        last = done == cfg.trainer.steps
+        evaluated = last or (cfg.trainer.eval_every and done % cfg.trainer.eval_every == 0)
+        if evaluated:
+            score, eval_batch = _evaluate(cfg, roles, eval_prompts, done, log)
+            evaluations.append((done, score))
+            bar.write(f"step {done}: held-out {cfg.trainer.eval_label} {score:.3f}")
             if last:
-                _grid(cfg, eval_batch, run_dir / "samples_after.png", f"after RL: {cfg.trainer.eval_label} {score:.3f}")
-        if cfg.trainer.checkpoint_every and (step + 1) % cfg.trainer.checkpoint_every == 0:
-            save_weights(roles, run_dir, f"step_{step + 1:06d}", zero_stage=cfg.learner.zero_stage)
+                _grid(cfg, eval_batch, run_dir, "after", done, score)
+        if cfg.trainer.checkpoint_every and done % cfg.trainer.checkpoint_every == 0:
+            trainer_state = {
+                "evaluations": evaluations,
+                # Prompts and seeds of step s are drawn from a generator seeded by (seed, s): the sampler's
+                # position is the step itself.
+                "sampler": {"kind": "seeded_per_step", "seed": cfg.seed, "next_step": done},
+                # Advantages are normalized within each step's groups (per prompt, or over the batch with
+                # global_std); no statistics carry over from one step to the next.
+                "advantages": {"kind": "per_step_groups", "carried": None},
+            }
+            path = save_checkpoint(roles, cfg, run_dir, done, trainer_state)
+            bar.write(f"step {done}: checkpoint {path}")
+        if evaluated or (cfg.trainer.report_every and done % cfg.trainer.report_every == 0):
+            _refresh_report(run_dir)
     bar.close()
     return evaluations

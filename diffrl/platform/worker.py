@@ -7,8 +7,9 @@ on a resource pool. The controller code is the same for both.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-from typing import Any, Protocol, Sequence, runtime_checkable
+import time
+from dataclasses import dataclass, field
+from typing import Any, Callable, Iterator, Protocol, Sequence, runtime_checkable
 
 
 @runtime_checkable
@@ -26,12 +27,13 @@ class Worker(Protocol):
 
 @dataclass(frozen=True)
 class Placement:
-    """What one worker of a group asks of its resource pool: CPUs and (fractional) GPUs per worker, and how often a
-    dead worker is restarted (its in-flight calls are then re-sent to the restarted worker; Ray backend only)."""
+    """What one worker of a group asks of its resource pool: CPUs, (fractional) GPUs and custom resources per worker,
+    and how often a dead worker is restarted (Ray backend only; see WorkerGroup.call_with_recovery)."""
 
     num_cpus: float = 1.0
     num_gpus: float = 0.0
     max_restarts: int = 0
+    resources: dict[str, float] = field(default_factory=dict)
 
 
 class Backend(Protocol):
@@ -44,6 +46,27 @@ class Backend(Protocol):
     def wait_one(self, futures: Sequence[Any]) -> int: ...
 
     def kill(self, handles: Sequence[Any]) -> None: ...
+
+    def is_lost(self, error: BaseException) -> bool:
+        """True when `error` means the worker process died (rather than the method raising)."""
+
+
+class WorkerLost(RuntimeError):
+    """A worker died and could not be brought back (no restarts left, or a role that is never restarted)."""
+
+    def __init__(self, group: str, rank: int, detail: str) -> None:
+        super().__init__(f"{group} worker {rank} died: {detail}")
+        self.group, self.rank = group, rank
+
+
+@dataclass
+class Call:
+    """One method call on one worker of a group, kept so that it can be sent again if the worker dies."""
+
+    rank: int
+    method: str
+    args: tuple = ()
+    kwargs: dict = field(default_factory=dict)
 
 
 class _Done:
@@ -85,6 +108,9 @@ class LocalBackend:
     def kill(self, handles: Sequence[Any]) -> None:
         return None
 
+    def is_lost(self, error: BaseException) -> bool:
+        return False  # in-process workers cannot die on their own
+
 
 class WorkerGroup:
     """N workers of one class. `broadcast` calls every worker; `scatter` sends shard i to worker i mod N.
@@ -105,7 +131,12 @@ class WorkerGroup:
             raise ValueError(f"WorkerGroup {name or cls.__name__} needs at least one worker")
         self.backend = backend
         self.name = name or cls.__name__
+        self.placement = placement
         self.handles = backend.create(cls, args, placement, self.name)
+        # Called as restore(group, rank) after a worker restarted, before its lost call is sent again: it brings
+        # the fresh worker to the state the others have (setup, current weights). The controller sets it.
+        self.restore: Callable[[WorkerGroup, int], None] | None = None
+        self.restarts = [0] * len(self.handles)
 
     def __len__(self) -> int:
         return len(self.handles)
@@ -132,6 +163,55 @@ class WorkerGroup:
             keys = list(pending)
             index = keys[self.backend.wait_one([pending[k] for k in keys])]
             yield index, self.get([pending.pop(index)])[0]
+
+    # ------------------------------------------------------------------ calls that survive a worker's death
+    def submit(self, calls: Sequence[Call]) -> list[Any]:
+        return [self.call(c.rank, c.method, *c.args, **c.kwargs) for c in calls]
+
+    def calls_as_completed(self, calls: Sequence[Call], futures: Sequence[Any] | None = None
+                           ) -> Iterator[tuple[int, Any]]:
+        """Yield (index, result) for `calls` as they finish (`futures`: the calls, already submitted). A call whose
+        worker died is sent again, once per death, after the worker was restarted and restored (`recover`):
+        nothing is lost or duplicated."""
+        pending = dict(enumerate(futures if futures is not None else self.submit(calls)))
+        while pending:
+            keys = list(pending)
+            index = keys[self.backend.wait_one([pending[k] for k in keys])]
+            try:
+                result = self.get([pending[index]])[0]
+            except Exception as err:  # noqa: BLE001 - only a lost worker is handled; anything else re-raises
+                if not self.backend.is_lost(err):
+                    raise
+                self.recover(calls[index].rank, err)
+                pending[index] = self.submit([calls[index]])[0]
+                continue
+            del pending[index]
+            yield index, result
+
+    def gather(self, calls: Sequence[Call], futures: Sequence[Any] | None = None) -> list[Any]:
+        """Results of `calls` in call order, with the same recovery as calls_as_completed."""
+        results: dict[int, Any] = dict(self.calls_as_completed(calls, futures))
+        return [results[i] for i in range(len(calls))]
+
+    def recover(self, rank: int, error: BaseException | None = None, timeout_s: float = 300.0) -> None:
+        """Wait until the backend has restarted worker `rank`, then run the restore hook on it. Raises WorkerLost
+        when the worker has no restarts left."""
+        self.restarts[rank] += 1
+        allowed = self.placement.max_restarts
+        if self.restarts[rank] > allowed:
+            raise WorkerLost(self.name, rank, f"{self.restarts[rank]} failure(s), {allowed} restart(s) allowed "
+                                              f"(last error: {error})") from error
+        deadline = time.monotonic() + timeout_s
+        while True:  # a call to a restarting actor fails until its constructor has run again
+            try:
+                self.get([self.call(rank, "health")])
+                break
+            except Exception as err:  # noqa: BLE001
+                if not self.backend.is_lost(err) or time.monotonic() > deadline:
+                    raise WorkerLost(self.name, rank, f"did not come back after a restart: {err}") from err
+                time.sleep(0.5)
+        if self.restore is not None:
+            self.restore(self, rank)
 
     def run(self, method: str, *args: Any, **kwargs: Any) -> list[Any]:
         """Broadcast and wait: the results of every worker, in rank order."""

@@ -106,8 +106,11 @@ class LearnerWorker:
         optimizer = torch.optim.AdamW(
             params, lr=self.cfg["lr"], betas=tuple(self.cfg["betas"]), weight_decay=self.cfg["weight_decay"]
         )
-        self.engine, self.optimizer, _, _ = deepspeed.initialize(
-            model=self.model.denoiser, optimizer=optimizer, config=ds_config
+        warmup = self.cfg.get("warmup_steps", 0)
+        # Linear warm-up over the first `warmup` updates, then constant; DeepSpeed steps it with the optimizer.
+        scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda done: min(1.0, (done + 1) / max(1, warmup)))
+        self.engine, self.optimizer, _, self.scheduler = deepspeed.initialize(
+            model=self.model.denoiser, optimizer=optimizer, lr_scheduler=scheduler, config=ds_config
         )
         self.micro_batch = micro
         self._params = params
@@ -219,11 +222,51 @@ class LearnerWorker:
 
         return deepspeed.zero.GatheredParameters(self._params, modifier_rank=None)
 
+    # ------------------------------------------------------------------------------------- checkpoints
+    # Keys of a ZeRO-1/2 optimizer state that hold live objects (the loss scaler, parameter-fragment maps) rather
+    # than data: not saved; on load the live optimizer's own values are used (they depend only on the config).
+    _RUNTIME_KEYS = ("loss_scaler", "param_slice_mappings")
+    _ENGINE_COUNTERS = ("global_steps", "global_samples", "micro_steps", "skipped_steps")
+
     def state_dict(self) -> dict[str, Any]:
-        return {"weights": trainable_state_dict(self.engine.module), "version": self.version}
+        """Everything an exact resume needs from this rank: trained weights, optimizer (this rank's partition
+        under ZeRO-1/2) and scheduler state, the shadow copies (EMA, old policy), DeepSpeed's step counters, RNG
+        states and the weight version."""
+        from diffrl.platform.checkpoint import capture_rng
+
+        if self.cfg["zero_stage"] == 3:
+            raise NotImplementedError("checkpoints for resume support learner.zero_stage 0-2")
+        optimizer = {k: v for k, v in self.optimizer.state_dict().items() if k not in self._RUNTIME_KEYS}
+        return {
+            "version": self.version,
+            "weights": {k: v.detach().clone() for k, v in trainable_state_dict(self.engine.module).items()},
+            "optimizer": optimizer,
+            "scheduler": self.scheduler.state_dict(),
+            "shadows": {name: [t.detach().clone() for t in tracked] for name, (_, tracked, _) in self.shadows.items()},
+            "engine": {key: int(getattr(self.engine, key)) for key in self._ENGINE_COUNTERS},
+            "rng": capture_rng(),
+        }
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
+        """Restore a `state_dict()` of the same rank and config (after setup())."""
+        from diffrl.platform.checkpoint import restore_rng
+
         load_trainable_state_dict(self.engine.module, state["weights"])
+        if self.cfg["zero_stage"] in (1, 2):
+            live = self.optimizer.state_dict()
+            saved = {**{k: live[k] for k in self._RUNTIME_KEYS if k in live}, **state["optimizer"]}
+            # fp32 partitions come from the checkpoint (exact), then DeepSpeed copies them into the module.
+            self.optimizer.load_state_dict([saved], load_optimizer_states=True, load_from_fp32_weights=True)
+        else:
+            self.optimizer.load_state_dict(state["optimizer"])
+        self.scheduler.load_state_dict(state["scheduler"])
+        with torch.no_grad():
+            for name, (_, tracked, _) in self.shadows.items():
+                for target, value in zip(tracked, state["shadows"][name], strict=True):
+                    target.copy_(value)
+        for key, value in state["engine"].items():
+            setattr(self.engine, key, value)
+        restore_rng(state["rng"])
         self.version = int(state["version"])
 
     def health(self) -> dict[str, Any]:

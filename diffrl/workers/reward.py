@@ -66,10 +66,15 @@ class RewardWorker:
         return RewardOutput(scores=total.tolist(), details=details)
 
     def state_dict(self) -> dict[str, Any]:
-        return {}
+        """Rewards hold no training state; their RNG states are kept so a sampling reward resumes exactly."""
+        from diffrl.platform.checkpoint import capture_rng
+
+        return {"rng": capture_rng()}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
-        return None
+        from diffrl.platform.checkpoint import restore_rng
+
+        restore_rng(state["rng"])
 
     def health(self) -> dict[str, Any]:
         return {"ready": len(self.rewards) == len(self.specs)}

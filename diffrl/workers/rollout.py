@@ -134,10 +134,16 @@ class RolloutWorker:
         return self.load_weights(self._channel.receive(self._layout))
 
     def state_dict(self) -> dict[str, Any]:
-        return {"weight_version": self.weight_version}
+        from diffrl.platform.checkpoint import capture_rng
+
+        return {"weight_version": self.weight_version, "rng": capture_rng()}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
+        """Restore the version and RNG states (weights arrive through load_weights, as after any update)."""
+        from diffrl.platform.checkpoint import restore_rng
+
         self.weight_version = int(state["weight_version"])
+        restore_rng(state["rng"])
 
     def health(self) -> dict[str, Any]:
         return {"ready": self.model is not None, "weight_version": self.weight_version}

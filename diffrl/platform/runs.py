@@ -1,0 +1,139 @@
+"""Run directories: where a run starts or resumes, what may change on resume, and the run's metric log (metrics.jsonl
+always, wandb when enabled)."""
+
+from __future__ import annotations
+
+import json
+import os
+import secrets
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from diffrl.platform.checkpoint import Checkpoint, CheckpointError, latest_checkpoint
+from diffrl.platform.config import RLJobConfig, dump_job
+from diffrl.platform.reporting import MetricsLog
+
+# Keys a resumed run may change: length, cadence, logging, cluster and resources of the stateless roles. Anything
+# else (model, algorithm, batch shape, learner ranks, seeds) would make the continuation a different run.
+RESUMABLE = (
+    "resume", "output_dir", "ray.", "trainer.steps", "trainer.eval_every", "trainer.checkpoint_every",
+    "trainer.keep_checkpoints", "trainer.max_learner_failures", "trainer.report_every", "trainer.wandb.",
+    "rollout.num_workers", "rollout.cpus_per_worker", "rollout.gpus_per_worker", "rollout.resources",
+    "rollout.max_restarts", "rollout.batch_size", "rollout.sol.explore_workers", "rollout.sol.explore_cpus_per_worker",
+    "rollout.sol.explore_gpus_per_worker", "rollout.sol.explore_resources", "rollout.sol.colocate",
+    "learner.cpus_per_worker", "learner.gpus_per_worker", "learner.resources", "reward.num_workers",
+    "reward.cpus_per_worker", "reward.resources", "reward.max_restarts",
+)
+
+
+def _flatten(tree: Any, prefix: str = "") -> dict[str, Any]:
+    if isinstance(tree, dict):
+        out: dict[str, Any] = {}
+        for key, value in tree.items():
+            out.update(_flatten(value, f"{prefix}{key}."))
+        return out
+    return {prefix[:-1]: tree}
+
+
+def config_changes(saved: dict, cfg: RLJobConfig) -> list[str]:
+    """Keys whose value differs between a run's saved config.yaml and `cfg` and that a resume may not change."""
+    old, new = _flatten(saved), _flatten(yaml.safe_load(dump_job(cfg)))
+    changed = sorted(k for k in old.keys() | new.keys() if old.get(k) != new.get(k))
+    return [k for k in changed if not any(k == p or k.startswith(p) for p in RESUMABLE)]
+
+
+def new_run_dir(cfg: RLJobConfig) -> Path:
+    """runs/NAME, or runs/NAME_2, ... when it exists: a new run never overwrites an old one."""
+    base = cfg.run_dir
+    run_dir, suffix = base, 2
+    while run_dir.exists():
+        run_dir, suffix = base.with_name(f"{base.name}_{suffix}"), suffix + 1
+    run_dir.mkdir(parents=True)
+    (run_dir / "config.yaml").write_text(dump_job(cfg))
+    return run_dir
+
+
+def open_run(cfg: RLJobConfig, must_resume: bool = False) -> tuple[Path, Checkpoint | None]:
+    """The run directory and the checkpoint to continue from.
+
+    - `must_resume` (`diffrl run --resume`): runs/NAME must hold a complete checkpoint; it is continued.
+    - `resume: auto`: continue runs/NAME from its newest checkpoint if it has one; start it afresh when it has
+      none (a run that died before its first checkpoint; its old metrics are kept aside as metrics.attemptN.jsonl).
+    - otherwise a new directory (runs/NAME, or NAME_2, ...).
+    A corrupt newest checkpoint, or a config that changes more than RESUMABLE allows, is an error before any work.
+    """
+    base = cfg.run_dir
+    if not (must_resume or cfg.resume == "auto"):
+        return new_run_dir(cfg), None
+    if not base.is_dir():
+        if must_resume:
+            raise CheckpointError(f"--resume: there is no run directory {base} to resume")
+        return new_run_dir(cfg), None
+    checkpoint = latest_checkpoint(base)
+    saved_path = base / "config.yaml"
+    if checkpoint is None and must_resume:
+        raise CheckpointError(f"--resume: {base} has no complete checkpoint (set trainer.checkpoint_every to write "
+                              f"them); remove --resume to start a new run directory")
+    if saved_path.is_file():
+        changed = config_changes(yaml.safe_load(saved_path.read_text()) or {}, cfg)
+        if changed:
+            raise CheckpointError(f"cannot resume {base}: the job changes {', '.join(changed)} (see its config.yaml); "
+                                  f"a resumed run may only change {', '.join(RESUMABLE)}")
+    (base / "config.yaml").write_text(dump_job(cfg))
+    rewind_metrics(base, checkpoint.step if checkpoint is not None else None)
+    return base, checkpoint
+
+
+def rewind_metrics(run_dir: Path, step: int | None) -> None:
+    """Keep the records up to `step` (None: none) in metrics.jsonl; the previous file is kept whole as
+    metrics.attemptN.jsonl (the steps after the checkpoint are recomputed, identically, by the resumed run)."""
+    path = run_dir / "metrics.jsonl"
+    if not path.exists():
+        return
+    attempt = 1
+    while (run_dir / f"metrics.attempt{attempt}.jsonl").exists():
+        attempt += 1
+    records = MetricsLog(path).read()
+    os.replace(path, run_dir / f"metrics.attempt{attempt}.jsonl")
+    kept = [r for r in records if step is not None and r.get("step", 0) <= step
+            and not any(k.startswith("summary/") for k in r)]
+    tmp = path.with_suffix(".tmp")
+    tmp.write_text("".join(json.dumps(r, sort_keys=True) + "\n" for r in kept))
+    os.replace(tmp, path)
+
+
+class RunLog:
+    """metrics.jsonl (always) and wandb (trainer.wandb.mode offline or online; files under runs/NAME/wandb). A
+    resumed run logs to the same wandb run id (kept in runs/NAME/wandb_id)."""
+
+    def __init__(self, run_dir: Path, cfg: RLJobConfig) -> None:
+        self.metrics = MetricsLog(run_dir / "metrics.jsonl")
+        self.wandb = None
+        settings = cfg.trainer.wandb
+        if settings.mode == "disabled":
+            return
+        import wandb
+
+        id_file = run_dir / "wandb_id"
+        run_id = id_file.read_text().strip() if id_file.exists() else secrets.token_hex(4)
+        id_file.write_text(run_id)
+        self.wandb = wandb.init(
+            project=settings.project, entity=settings.entity, name=run_dir.name, id=run_id, resume="allow",
+            mode=settings.mode, dir=str(run_dir), config=yaml.safe_load(dump_job(cfg)), tags=settings.tags,
+            settings=wandb.Settings(console="off", silent=True),
+        )
+
+    def write(self, record: dict[str, Any]) -> None:
+        self.metrics.write(record)
+        if self.wandb is not None:
+            self.wandb.log({k: v for k, v in record.items() if k != "step"}, step=int(record.get("step", 0)))
+
+    def read(self) -> list[dict[str, Any]]:
+        return self.metrics.read()
+
+    def close(self) -> None:
+        if self.wandb is not None:
+            self.wandb.finish()
+            self.wandb = None

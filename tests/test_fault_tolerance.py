@@ -1,0 +1,100 @@
+"""Fault tolerance on a real Ray cluster: a rollout worker and a reward replica are killed (SIGKILL) while they hold a
+shard; they are restarted, brought back to the current weights, and the step's results equal a clean run's."""
+
+import os
+import signal
+import threading
+import time
+
+import psutil
+import ray
+import torch
+
+from diffrl.platform.config import load_job
+from diffrl.platform.rl_loop import (compute_advantages, generate_and_score, prompt_splits, start_roles, step_requests,
+                                     sync_weights)
+
+JOB = "configs/shapes_awm.yaml"
+
+
+def pids(group) -> list[int]:
+    return ray.get([handle.__ray_call__.remote(lambda self: os.getpid()) for handle in group.handles])
+
+
+def kill_when_busy(group, method: str, found: list, timeout_s: float = 60.0) -> threading.Thread:
+    """A thread that SIGKILLs the first of `group`'s actor processes seen executing `method` (Ray titles a busy
+    actor process ray::Class.method)."""
+    candidates = pids(group)
+
+    def watch() -> None:
+        deadline = time.monotonic() + timeout_s
+        while time.monotonic() < deadline:
+            for pid in candidates:
+                try:
+                    busy = any(method in part for part in psutil.Process(pid).cmdline())
+                except psutil.Error:
+                    continue
+                if busy:
+                    os.kill(pid, signal.SIGKILL)
+                    found.append(pid)
+                    return
+            time.sleep(0.02)
+
+    thread = threading.Thread(target=watch, daemon=True)
+    thread.start()
+    return thread
+
+
+def test_killed_rollout_and_reward_workers_lose_and_duplicate_nothing(ray_cluster):
+    cfg = load_job(JOB, ["rollout.num_workers=2", "rollout.prompts_per_step=8", "rollout.group_size=16",
+                         "rollout.batch_size=32", "reward.num_workers=2", "learner.lr=1e-3"])
+    train, _ = prompt_splits(cfg)
+    roles = start_roles(cfg)
+    try:
+        # One real update first, so a restarted worker must receive trained weights (not the base it loads itself).
+        first = generate_and_score(roles, step_requests(train, cfg, 0))
+        first.advantages = compute_advantages(first, cfg)
+        roles.learner.get(roles.learner.scatter("update", [first], step=0))
+        assert sync_weights(roles, cfg) == 1
+
+        requests = step_requests(train, cfg, 1)
+        clean = generate_and_score(roles, requests)
+        killed: list[int] = []
+        watchers = [kill_when_busy(roles.rollout, "RolloutWorker.generate", killed),
+                    kill_when_busy(roles.rewards[0], "RewardWorker.score", killed)]
+        faulty = generate_and_score(roles, requests)
+        for watcher in watchers:
+            watcher.join(timeout=5)
+        assert len(killed) == 2, "both kills must land while a shard was in flight"
+        assert sum(roles.rollout.restarts) == 1 and sum(g for group in roles.rewards for g in group.restarts) == 1
+        assert faulty.prompts == clean.prompts and torch.equal(faulty.seeds, clean.seeds)
+        assert len(faulty) == len(requests) == 128
+        assert (faulty.images == clean.images).all(), "restarted workers must sample with the current weights"
+        assert torch.equal(faulty.rewards, clean.rewards)
+        assert faulty.reward_details == clean.reward_details
+        assert torch.equal(faulty.weight_version, clean.weight_version)  # every row from weights version 1
+        healths = roles.rollout.run("health")
+        assert [h["weight_version"] for h in healths] == [1, 1]
+    finally:
+        roles.shutdown()
+
+
+def test_a_worker_past_its_restarts_fails_with_its_name(ray_cluster):
+    cfg = load_job(JOB, ["rollout.max_restarts=0", "rollout.prompts_per_step=8", "rollout.group_size=16",
+                         "rollout.batch_size=32"])
+    train, _ = prompt_splits(cfg)
+    roles = start_roles(cfg)
+    try:
+        killed: list[int] = []
+        watcher = kill_when_busy(roles.rollout, "RolloutWorker.generate", killed)
+        try:
+            generate_and_score(roles, step_requests(train, cfg, 0))
+        except Exception as err:  # noqa: BLE001
+            assert "rollout worker 0 died: 1 failure(s), 0 restart(s) allowed" in str(err)
+        else:
+            raise AssertionError("a rollout worker with no restarts left must fail the step")
+        watcher.join(timeout=5)
+        assert killed
+    finally:
+        roles.shutdown()
+
