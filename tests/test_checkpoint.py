@@ -74,12 +74,13 @@ def _learner(cfg: RLJobConfig, batch, scratch) -> LearnerWorker:
     return worker
 
 
-@pytest.mark.parametrize("algorithm,zero_stage", [("awm", 0), ("awm", 2), ("nft", 0)])
-def test_learner_resume_is_bitwise_exact(algorithm, zero_stage, tmp_path):
+@pytest.mark.parametrize("algorithm,zero_stage,lora", [("awm", 0, False), ("awm", 2, False), ("nft", 0, False),
+                                                      ("awm", 1, True)])
+def test_learner_resume_is_bitwise_exact(algorithm, zero_stage, lora, tmp_path):
     """Two updates, a checkpoint through files, a fresh learner restored from it: the third update gives bitwise
-    the same weights, optimizer state and shadows as the learner that never stopped."""
+    the same weights (adapters under LoRA), optimizer state and shadows as the learner that never stopped."""
     cfg = RLJobConfig(
-        model={"path": None},
+        model={"path": None, "lora": {"enabled": lora, "rank": 4}},
         rollout={"num_steps": 6, "prompts_per_step": 2, "group_size": 4, "batch_size": 8},
         learner={"algorithm": algorithm, "micro_batch_size": 4, "lr": 1e-3, "zero_stage": zero_stage,
                  "warmup_steps": 3, "eval_ema_decay": 0.5,
@@ -108,3 +109,32 @@ def test_learner_resume_is_bitwise_exact(algorithm, zero_stage, tmp_path):
     for key in flat_a:
         assert torch.equal(flat_a[key], flat_b[key]), key
     assert a["scheduler"]["last_epoch"] == 3 and a["version"] == 3 and set(a["shadows"]) >= {"eval"}
+
+
+def test_open_run_resume_rules(tmp_path):
+    from diffrl.platform.config import load_job
+    from diffrl.platform.runs import open_run
+
+    def job(*overrides):
+        return load_job("configs/shapes_awm.yaml", [f"output_dir={tmp_path}", "trainer.checkpoint_every=2", *overrides])
+
+    with pytest.raises(ckpt.CheckpointError, match="--resume: there is no run directory"):
+        open_run(job(), must_resume=True)
+    run_dir, found = open_run(job("resume=auto"))  # nothing to resume: a fresh run directory
+    assert run_dir == tmp_path / "shapes_awm" and found is None
+    with pytest.raises(ckpt.CheckpointError, match="has no complete checkpoint"):
+        open_run(job(), must_resume=True)
+    assert open_run(job())[0].name == "shapes_awm_2"  # resume: never -> a new directory, the old one untouched
+
+    records = [{"step": 0, "eval/headline": 0.5}, *[{"step": s, "reward/mean": s / 10} for s in (1, 2, 3)]]
+    (run_dir / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in records) + '{"step": 4, "rew')
+    tmp = ckpt.begin(run_dir, 2)
+    (tmp / "trainer.json").write_text("{}")
+    ckpt.commit(tmp, 2)
+    with pytest.raises(ckpt.CheckpointError, match=r"the job changes learner.lr, rollout.group_size"):
+        open_run(job("learner.lr=1e-3", "rollout.group_size=4"), must_resume=True)
+    resumed, found = open_run(job("trainer.steps=400", "trainer.eval_every=10"), must_resume=True)
+    assert resumed == run_dir and found.step == 2
+    kept = [json.loads(line)["step"] for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
+    assert kept == [0, 1, 2]  # records after the checkpoint go; the cut-off last line too
+    assert (run_dir / "metrics.attempt1.jsonl").read_text().endswith('"rew')  # the old file is kept whole

@@ -15,6 +15,21 @@ def pin_loopback_interfaces() -> None:
     os.environ.setdefault("NCCL_SOCKET_IFNAME", loopback)
 
 
+def _is_loopback(address: str) -> bool:
+    host = address.split("://")[-1].rsplit(":", 1)[0].strip("[]")
+    return host in ("127.0.0.1", "localhost", "::1")
+
+
+def _keep_loopback_addresses() -> None:
+    """Stop Ray from resolving 127.0.0.1 to the machine's routable address (it does unless "clusters" are disabled).
+    The switch (RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER=0) is read when ray is imported, which may have happened already,
+    so set both the variable (inherited by Ray's processes) and the already-read constant."""
+    from ray._private import ray_constants
+
+    os.environ["RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"] = "0"
+    ray_constants.ENABLE_RAY_CLUSTER = False
+
+
 def connect_ray(address: str | None = None, num_cpus: int = 8, num_gpus: int | None = None) -> None:
     """Join `address` (or RAY_ADDRESS) if set; otherwise start a local cluster whose ports listen on loopback only.
 
@@ -23,19 +38,25 @@ def connect_ray(address: str | None = None, num_cpus: int = 8, num_gpus: int | N
     """
     os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
     import ray
-    from ray._private import ray_constants
 
     if ray.is_initialized():
         return
     address = address or os.environ.get("RAY_ADDRESS")
     if address:
+        if _is_loopback(address):
+            # A cluster on this machine: keep 127.0.0.1 as given, and use this machine's auth token when one exists.
+            # `ray start --head` turns token auth on whenever a token exists (RAY_AUTH_MODE unset), but ray.init with
+            # an explicit address only sends it under RAY_AUTH_MODE=token; a token sent to a cluster without auth is
+            # ignored.
+            from ray._private.authentication.authentication_token_setup import (
+                maybe_enable_token_auth_if_token_available,
+            )
+
+            _keep_loopback_addresses()
+            maybe_enable_token_auth_if_token_available(warn_if_disabled=False)
         ray.init(address=address, log_to_driver=True)
         return
-    # Ray resolves 127.0.0.1 to the machine's routable address unless "clusters" are disabled. The switch
-    # (RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER=0) is read when ray is imported, which may have happened before this call,
-    # so set both the variable (inherited by Ray's processes) and the already-read constant.
-    os.environ["RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"] = "0"
-    ray_constants.ENABLE_RAY_CLUSTER = False
+    _keep_loopback_addresses()
     ray.init(
         num_cpus=num_cpus,
         num_gpus=num_gpus,

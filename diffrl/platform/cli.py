@@ -1,4 +1,5 @@
-"""The `diffrl` command line: run and validate jobs, pretrain the built-in model, serve rewards."""
+"""The `diffrl` command line: run, resume and validate jobs; submit and follow cluster jobs; render cluster
+templates; rebuild reports; pretrain the built-in model; serve rewards."""
 
 from __future__ import annotations
 
@@ -98,8 +99,12 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--kwargs", default="{}", help="JSON object of factory arguments")
     serve.set_defaults(func=cmd_serve_reward)
 
+    from diffrl.cluster.jobs import add_job_commands
+    from diffrl.cluster.templates import add_template_command
     from diffrl.platform.report_html import add_report_command
 
+    add_job_commands(sub)
+    add_template_command(sub)
     add_report_command(sub)
     return parser
 

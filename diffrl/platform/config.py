@@ -6,6 +6,7 @@ names the key path and what is allowed, and the CLI turns it into exit code 2 wi
 
 from __future__ import annotations
 
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
@@ -326,6 +327,46 @@ class RLJobConfig(Section):
     @property
     def run_dir(self) -> Path:
         return Path(self.output_dir) / self.name
+
+
+@dataclass(frozen=True)
+class RoleDemand:
+    """What one role asks of Ray: `workers` actors of `cpus`/`gpus`/custom `resources` each."""
+
+    role: str
+    workers: int
+    cpus: float
+    gpus: float
+    resources: dict[str, float] = field(default_factory=dict)
+
+    def describe(self) -> str:
+        gpus = f", {self.gpus:g} GPU" if self.gpus else ""
+        return f"{self.role} {self.workers} x ({self.cpus:g} CPU{gpus})"
+
+
+def role_demands(cfg: RLJobConfig) -> list[RoleDemand]:
+    """Every resource pool the RL controller creates (start_roles places one per entry): rollout (with colocated Sol-RL
+    explore workers on its bundles), one pool per reward, the learner, and separate explore workers."""
+    sol = cfg.rollout.sol if cfg.rollout.strategy == "sol" else None
+    colocate = sol is not None and sol.colocate
+    rollout_resources = dict(cfg.rollout.resources)
+    if colocate:
+        for key, value in sol.explore_resources.items():
+            rollout_resources[key] = rollout_resources.get(key, 0.0) + value
+    demands = [RoleDemand("rollout", cfg.rollout.num_workers,
+                          cfg.rollout.cpus_per_worker + (sol.explore_cpus_per_worker if colocate else 0.0),
+                          cfg.rollout.gpus_per_worker + (sol.explore_gpus_per_worker if colocate else 0.0),
+                          rollout_resources)]
+    for index, spec in enumerate(cfg.reward.rewards):
+        demands.append(RoleDemand(f"reward{index}", spec.num_workers or cfg.reward.num_workers,
+                                  spec.cpus_per_worker or cfg.reward.cpus_per_worker, spec.gpus_per_worker,
+                                  spec.resources if spec.resources is not None else dict(cfg.reward.resources)))
+    demands.append(RoleDemand("learner", cfg.learner.num_workers, cfg.learner.cpus_per_worker,
+                              cfg.learner.gpus_per_worker, dict(cfg.learner.resources)))
+    if sol is not None and not colocate:
+        demands.append(RoleDemand("explore", sol.explore_workers, sol.explore_cpus_per_worker,
+                                  sol.explore_gpus_per_worker, dict(sol.explore_resources)))
+    return demands
 
 
 JOB_KINDS: dict[str, type[Section]] = {"rl": RLJobConfig}

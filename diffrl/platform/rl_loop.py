@@ -19,7 +19,7 @@ from tqdm import tqdm
 from diffrl.algorithms.advantages import group_advantages
 from diffrl.algorithms.sol import kendall_tau, select_seeds, spearman_rho, top_k_agreement
 from diffrl.platform import checkpoint as ckpt
-from diffrl.platform.config import RLJobConfig
+from diffrl.platform.config import RLJobConfig, role_demands
 from diffrl.platform.reporting import plot_curves, sample_grid
 from diffrl.platform.runs import RunLog, open_run, rewind_metrics
 from diffrl.platform.worker import Call, LocalBackend, Placement, WorkerGroup, WorkerLost, split_evenly
@@ -172,12 +172,6 @@ def start_roles(cfg: RLJobConfig) -> Roles:
     rollout_args = [
         (model_cfg, cfg.rollout.model_dump(), max(1, cores // cfg.rollout.num_workers), store_trajectory)
     ] * cfg.rollout.num_workers
-    reward_groups = [
-        (f"reward{i}", spec, spec.num_workers or cfg.reward.num_workers,
-         spec.cpus_per_worker or cfg.reward.cpus_per_worker, spec.gpus_per_worker,
-         spec.resources if spec.resources is not None else cfg.reward.resources)
-        for i, spec in enumerate(cfg.reward.rewards)
-    ]
     n_learners = cfg.learner.num_workers
     samples_per_rank = cfg.rollout.prompts_per_step * cfg.rollout.group_size // n_learners
     scratch = Path(tempfile.mkdtemp(prefix="diffrl-"))
@@ -193,22 +187,13 @@ def start_roles(cfg: RLJobConfig) -> Roles:
                        "sampler": "ode", "sde_window": 0, "guidance_scale": sol.explore_guidance_scale}
         explore_args = [(model_cfg, explore_cfg, max(1, cores // sol.explore_workers), False)] * sol.explore_workers
     colocate = sol is not None and sol.colocate
-    # Each role's per-worker bundle: (cpus, gpus, custom resources). Colocated explore workers add theirs to the
-    # rollout bundle they share.
-    rollout_bundle = (cfg.rollout.cpus_per_worker + (sol.explore_cpus_per_worker if colocate else 0.0),
-                      cfg.rollout.gpus_per_worker + (sol.explore_gpus_per_worker if colocate else 0.0),
-                      _merge_resources(cfg.rollout.resources, sol.explore_resources if colocate else {}))
-    sections = [("rollout", cfg.rollout.num_workers, *rollout_bundle),
-                *[(role, n, cpus, gpus, res) for role, _, n, cpus, gpus, res in reward_groups],
-                ("learner", cfg.learner.num_workers, cfg.learner.cpus_per_worker, cfg.learner.gpus_per_worker,
-                 cfg.learner.resources)]
-    if sol is not None and not colocate:
-        sections.append(("explore", sol.explore_workers, sol.explore_cpus_per_worker, sol.explore_gpus_per_worker,
-                         sol.explore_resources))
+    # One resource pool per role (rollout bundles include colocated explore workers' shares), in this order:
+    # rollout, reward0.., learner[, explore].
+    demands = {d.role: d for d in role_demands(cfg)}
+    reward_groups = [(f"reward{i}", spec, demands[f"reward{i}"]) for i, spec in enumerate(cfg.reward.rewards)]
     if cfg.backend == "local":
         backend = LocalBackend()
-        backends = {role: backend for role, *_ in sections}
-        backends["explore"] = backend
+        backends = {role: backend for role in [*demands, "explore"]}
         pools = {}
     else:
         from diffrl.cluster.local import connect_ray
@@ -217,8 +202,9 @@ def start_roles(cfg: RLJobConfig) -> Roles:
         connect_ray(cfg.ray.address, cfg.ray.num_cpus, cfg.ray.num_gpus)
         pools = {}
         try:
-            for role, n, cpus, gpus, res in sections:
-                pools[role] = ResourcePool(role, n, cpus, gpus, res, timeout_s=cfg.ray.placement_timeout_s)
+            for d in demands.values():
+                pools[d.role] = ResourcePool(d.role, d.workers, d.cpus, d.gpus, d.resources,
+                                             timeout_s=cfg.ray.placement_timeout_s)
         except Exception:
             for pool in pools.values():
                 pool.remove()
@@ -232,9 +218,9 @@ def start_roles(cfg: RLJobConfig) -> Roles:
                             Placement(cfg.rollout.cpus_per_worker, cfg.rollout.gpus_per_worker, restarts,
                                       cfg.rollout.resources), "rollout"),
         rewards=[
-            WorkerGroup(backends[role], RewardWorker, [([spec.model_dump()],)] * n,
-                        Placement(cpus, gpus, cfg.reward.max_restarts, res), f"reward '{spec.name}'")
-            for role, spec, n, cpus, gpus, res in reward_groups
+            WorkerGroup(backends[role], RewardWorker, [([spec.model_dump()],)] * d.workers,
+                        Placement(d.cpus, d.gpus, cfg.reward.max_restarts, d.resources), f"reward '{spec.name}'")
+            for role, spec, d in reward_groups
         ],
         learner=WorkerGroup(backends["learner"], LearnerWorker, learner_args,
                             Placement(cfg.learner.cpus_per_worker, cfg.learner.gpus_per_worker, 0,
@@ -279,14 +265,6 @@ def install_restore_hooks(roles: Roles, cfg: RLJobConfig) -> None:
         group.restore = restore_inference
     for group in roles.rewards:
         group.restore = restore_reward
-
-
-def _merge_resources(*parts: dict[str, float]) -> dict[str, float]:
-    merged: dict[str, float] = {}
-    for part in parts:
-        for key, value in part.items():
-            merged[key] = merged.get(key, 0.0) + value
-    return merged
 
 
 def generate_and_score(roles: Roles, requests: list[SampleRequest], group: WorkerGroup | None = None,
