@@ -32,7 +32,8 @@ test-all: $(STAMP) /usr/bin/chromium
 # tests/test_report.py renders runs/NAME/report.html in headless Chromium; Debian's package provides it (sudo only
 # when not root).
 /usr/bin/chromium:
-	$$( [ "$$(id -u)" = 0 ] || echo sudo ) apt-get install -y chromium
+	SUDO=$$( [ "$$(id -u)" = 0 ] || echo sudo ); export DEBIAN_FRONTEND=noninteractive; \
+	$$SUDO apt-get install -y -q chromium || { $$SUDO apt-get update -q && $$SUDO apt-get install -y -q chromium; }
 
 bench: $(STAMP)
 	$(PY) benchmarks/overhead.py

@@ -125,6 +125,9 @@ def test_open_run_resume_rules(tmp_path):
     with pytest.raises(ckpt.CheckpointError, match="has no complete checkpoint"):
         open_run(job(), must_resume=True)
     assert open_run(job())[0].name == "shapes_awm_2"  # resume: never -> a new directory, the old one untouched
+    (tmp_path / "shapes_awm_2" / "final.safetensors").write_bytes(b"finished")
+    finished = load_job("configs/shapes_awm.yaml", [f"output_dir={tmp_path}", "name=shapes_awm_2", "resume=auto"])
+    assert open_run(finished)[0].name == "shapes_awm_2_2"  # a finished run without checkpoints is never reused
 
     records = [{"step": 0, "eval/headline": 0.5}, *[{"step": s, "reward/mean": s / 10} for s in (1, 2, 3)]]
     (run_dir / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in records) + '{"step": 4, "rew')

@@ -98,3 +98,30 @@ def test_a_worker_past_its_restarts_fails_with_its_name(ray_cluster):
     finally:
         roles.shutdown()
 
+
+
+def test_restart_under_broadcast_sync_forms_the_group_again(ray_cluster):
+    """A receiver of the weight-broadcast group dies mid-step: it comes back with the current weights (through the
+    object store), the broadcast group is formed again before the next sync, and every worker gets the update."""
+    cfg = load_job(JOB, ["rollout.num_workers=2", "rollout.prompts_per_step=8", "rollout.group_size=16",
+                         "rollout.batch_size=32", "learner.sync_backend=broadcast", "learner.lr=1e-3"])
+    train, _ = prompt_splits(cfg)
+    roles = start_roles(cfg)
+    try:
+        assert roles.channel_generation == 1
+        killed: list[int] = []
+        watcher = kill_when_busy(roles.rollout, "RolloutWorker.generate", killed)
+        batch = generate_and_score(roles, step_requests(train, cfg, 0))
+        watcher.join(timeout=5)
+        assert killed and sum(roles.rollout.restarts) == 1 and roles.channel_stale
+        batch.advantages = compute_advantages(batch, cfg)
+        roles.learner.get(roles.learner.scatter("update", [batch], step=0))
+        assert sync_weights(roles, cfg) == 1
+        assert roles.channel_generation == 2 and not roles.channel_stale
+        assert [h["weight_version"] for h in roles.rollout.run("health")] == [1, 1]
+        # Both workers now sample identically from the broadcast weights: the same request gives the same image.
+        request = step_requests(train, cfg, 1)[:1]
+        images = [roles.rollout.get([roles.rollout.call(rank, "generate", request)])[0].images for rank in (0, 1)]
+        assert (images[0] == images[1]).all()
+    finally:
+        roles.shutdown()

@@ -60,7 +60,8 @@ def open_run(cfg: RLJobConfig, must_resume: bool = False) -> tuple[Path, Checkpo
 
     - `must_resume` (`diffrl run --resume`): runs/NAME must hold a complete checkpoint; it is continued.
     - `resume: auto`: continue runs/NAME from its newest checkpoint if it has one; start it afresh when it has
-      none (a run that died before its first checkpoint; its old metrics are kept aside as metrics.attemptN.jsonl).
+      none and never finished (a run that died before its first checkpoint; its old metrics are kept aside as
+      metrics.attemptN.jsonl); a finished run without checkpoints is left alone (a new directory is used).
     - otherwise a new directory (runs/NAME, or NAME_2, ...).
     A corrupt newest checkpoint, or a config that changes more than RESUMABLE allows, is an error before any work.
     """
@@ -76,6 +77,8 @@ def open_run(cfg: RLJobConfig, must_resume: bool = False) -> tuple[Path, Checkpo
     if checkpoint is None and must_resume:
         raise CheckpointError(f"--resume: {base} has no complete checkpoint (set trainer.checkpoint_every to write "
                               f"them); remove --resume to start a new run directory")
+    if checkpoint is None and (base / "final.safetensors").exists():
+        return new_run_dir(cfg), None  # a finished run without checkpoints: never start over on top of it
     if saved_path.is_file():
         changed = config_changes(yaml.safe_load(saved_path.read_text()) or {}, cfg)
         if changed:
