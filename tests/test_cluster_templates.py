@@ -15,7 +15,7 @@ import pytest
 import yaml
 
 from diffrl.cluster.templates import (
-    KINDS, TemplateError, add_template_command, cluster_shape, pinned_requirements, render_template, role_demands,
+    KINDS, TemplateError, add_template_command, cluster_shape, pinned_requirements, render_template, resource_pools,
 )
 from diffrl.platform.config import load_job
 
@@ -41,7 +41,7 @@ def cli(*argv: str) -> int:
 
 def test_roles_and_default_shape_follow_the_job():
     gpu = load_job(GPU_JOB)
-    assert [(d.role, d.workers, d.cpus, d.gpus) for d in role_demands(gpu)] == [
+    assert [(d.role, d.workers, d.cpus, d.gpus) for d in resource_pools(gpu)] == [
         ("rollout", 1, 1.0, 1.0), ("reward0", 1, 0.5, 0.5), ("learner", 1, 1.0, 1.0)]
     shape = cluster_shape(gpu)
     assert (shape.nodes, shape.gpus_per_node, shape.cpus_per_node) == (1, 3, 24)
@@ -49,12 +49,16 @@ def test_roles_and_default_shape_follow_the_job():
     tiny = cluster_shape(load_job(TINY_JOB))
     assert (tiny.nodes, tiny.gpus_per_node, tiny.cpus_per_node) == (1, 0, 8)
     sol = load_job("configs/shapes_sol.yaml")
-    roles = [d.role for d in role_demands(sol)]
+    roles = [d.role for d in resource_pools(sol)]
     assert ("explore" in roles) == (not sol.rollout.sol.colocate)
     colocated = load_job("configs/shapes_sol.yaml", ["rollout.sol.colocate=true"])
-    rollout = role_demands(colocated)[0]
-    assert "explore" not in [d.role for d in role_demands(colocated)]
-    assert rollout.cpus == colocated.rollout.cpus_per_worker + colocated.rollout.sol.explore_cpus_per_worker
+    pools = {d.role: d for d in resource_pools(colocated)}
+    assert "explore" not in pools
+    assert pools["rollout+explore"].cpus == colocated.rollout.cpus_per_worker + colocated.rollout.sol.explore_cpus_per_worker
+    hybrid = load_job(GPU_JOB, ["ray.colocate=[[rollout, learner]]", "learner.num_workers=2",
+                                "rollout.gpus_per_worker=0.5", "learner.gpus_per_worker=0.5"])
+    assert [(d.role, d.workers, d.gpus) for d in resource_pools(hybrid)] == [
+        ("reward0", 1, 0.5), ("rollout+learner", 2, 1.0)]
 
 
 def test_kuberay_manifest(tmp_path):

@@ -154,7 +154,7 @@ def test_colocated_explore_workers_share_the_rollout_bundles(ray_cluster, tmp_pa
                      "learner": {"awm": {"num_timesteps": 2}}})
     roles = start_roles(cfg)
     try:
-        assert sorted(pool.name for pool in roles.pools) == ["learner", "reward0", "rollout"]  # no explore pool
+        assert sorted(pool.name for pool in roles.pools) == ["learner", "reward0", "rollout+explore"]
 
         def where(worker):
             return ray.util.get_current_placement_group().id.hex()

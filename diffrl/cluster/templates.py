@@ -1,7 +1,7 @@
 """Cluster templates rendered from a job file: a KubeRay RayJob, a Slurm batch script and a `ray up` cluster file.
 
 The templates live in diffrl/cluster/templates/ as `string.Template`s with `@@{name}` placeholders (`$` belongs to
-the shell commands inside them). Node counts and sizes come from the job's roles (`role_demands`): by default one
+the shell commands inside them). Node counts and sizes come from the job's resource pools (`resource_pools`): by default one
 node type holds up to 8 GPUs, 8 CPUs per GPU and 4 GiB per CPU, and enough nodes for the job's GPUs; every choice
 can be overridden and is checked against the job's needs. Dashboards bind 127.0.0.1 on the head unless
 `open_dashboard` (Slurm, ray up); KubeRay's operator needs the dashboard on the pod network, so that template keeps
@@ -25,7 +25,7 @@ from typing import Any
 import yaml
 
 from diffrl.cluster.jobs import portable_job
-from diffrl.platform.config import ConfigError, RoleDemand, load_job, role_demands
+from diffrl.platform.config import ConfigError, RoleDemand, load_job, resource_pools
 
 TEMPLATES = Path(__file__).parent / "templates"
 KINDS = {"kuberay": "kuberay.yaml", "slurm": "slurm.sh", "ray-up": "ray-up.yaml"}
@@ -70,7 +70,7 @@ class ClusterShape:
 def cluster_shape(cfg: Any, nodes: int | None = None, gpus_per_node: int | None = None,
                   cpus_per_node: int | None = None) -> ClusterShape:
     """Size the worker nodes from the job's roles; explicit values are checked against what the job needs."""
-    demands = role_demands(cfg)
+    demands = resource_pools(cfg)
     total_gpus = sum(d.workers * d.gpus for d in demands)
     total_cpus = sum(d.workers * d.cpus for d in demands)
     summary = (f"{total_gpus:g} GPU(s) and {total_cpus:g} CPU(s) for Ray: "
@@ -189,7 +189,7 @@ def render_template(kind: str, cfg: Any, *, job_file: str, image: str = DEFAULT_
     values: dict[str, Any] = {
         "command": command, "name": cfg.name, "k8s_name": _k8s_name(cfg.name),
         "job_file": job_file, "job_path": shlex.quote(job_file), "summary": shape.summary,
-        "notes": _notes(cfg, role_demands(cfg)), "nodes": shape.nodes, "gpus_per_node": shape.gpus_per_node,
+        "notes": _notes(cfg, resource_pools(cfg)), "nodes": shape.nodes, "gpus_per_node": shape.gpus_per_node,
         "cpus_per_node": shape.cpus_per_node, "memory_gib": shape.memory_gib,
         "dashboard_host": "0.0.0.0" if open_dashboard else "127.0.0.1",
         **KIND_VALUES[kind](cfg, shape, image, provider),

@@ -29,6 +29,10 @@ class RayConfig(Section):
     num_cpus: int = Field(8, ge=1, description="logical CPUs of a local cluster (a scheduling budget, not cores)")
     num_gpus: int | None = Field(None, ge=0, description="GPUs of a local cluster; None detects them")
     placement_timeout_s: float = Field(120.0, gt=0, description="seconds a role's resource pool may wait to be placed")
+    colocate: list[list[str]] = Field(
+        default_factory=list, description="groups of roles sharing one resource pool, worker i of each on bundle i "
+        "(roles: rollout, learner, explore, reward0, reward1, ...), e.g. [[rollout, learner]] with fractional GPUs",
+    )
 
 
 Resources = dict[str, float]
@@ -317,6 +321,20 @@ class RLJobConfig(Section):
             if self.learner.zero_stage == 3:
                 raise ValueError("learner.sync_backend=broadcast does not support learner.zero_stage=3 yet; use "
                                  "object_store")
+        roles = ["rollout", "learner", *[f"reward{i}" for i in range(len(self.reward.rewards))]]
+        roles += ["explore"] if self.rollout.strategy == "sol" else []
+        seen: set[str] = set()
+        for group in self.ray.colocate:
+            unknown = [role for role in group if role not in roles]
+            if unknown:
+                raise ValueError(f"ray.colocate: unknown role(s) {unknown}; this job's roles are {roles}")
+            if len(group) < 2 or seen & set(group) or len(set(group)) < len(group):
+                raise ValueError(f"ray.colocate: each group needs two or more roles, each role in one group only "
+                                 f"(got {self.ray.colocate})")
+            seen |= set(group)
+        if self.rollout.strategy == "sol" and self.rollout.sol.colocate and "explore" in seen and not (
+                {"rollout", "explore"} <= next(set(g) for g in self.ray.colocate if "explore" in g)):
+            raise ValueError("rollout.sol.colocate puts explore with rollout; ray.colocate groups explore elsewhere")
         if self.learner.zero_stage == 3 and (self.trainer.checkpoint_every or self.resume == "auto"):
             raise ValueError("trainer.checkpoint_every / resume: auto need learner.zero_stage 0-2 (exact checkpoints "
                              "of ZeRO-3 partitions are not supported yet; final weights are still saved)")
@@ -345,28 +363,51 @@ class RoleDemand:
 
 
 def role_demands(cfg: RLJobConfig) -> list[RoleDemand]:
-    """Every resource pool the RL controller creates (start_roles places one per entry): rollout (with colocated Sol-RL
-    explore workers on its bundles), one pool per reward, the learner, and separate explore workers."""
-    sol = cfg.rollout.sol if cfg.rollout.strategy == "sol" else None
-    colocate = sol is not None and sol.colocate
-    rollout_resources = dict(cfg.rollout.resources)
-    if colocate:
-        for key, value in sol.explore_resources.items():
-            rollout_resources[key] = rollout_resources.get(key, 0.0) + value
-    demands = [RoleDemand("rollout", cfg.rollout.num_workers,
-                          cfg.rollout.cpus_per_worker + (sol.explore_cpus_per_worker if colocate else 0.0),
-                          cfg.rollout.gpus_per_worker + (sol.explore_gpus_per_worker if colocate else 0.0),
-                          rollout_resources)]
+    """What each role's workers ask for, one entry per worker group: rollout, reward0.. (one per reward), learner and,
+    under Sol-RL, explore."""
+    demands = [RoleDemand("rollout", cfg.rollout.num_workers, cfg.rollout.cpus_per_worker,
+                          cfg.rollout.gpus_per_worker, dict(cfg.rollout.resources))]
     for index, spec in enumerate(cfg.reward.rewards):
         demands.append(RoleDemand(f"reward{index}", spec.num_workers or cfg.reward.num_workers,
                                   spec.cpus_per_worker or cfg.reward.cpus_per_worker, spec.gpus_per_worker,
                                   spec.resources if spec.resources is not None else dict(cfg.reward.resources)))
     demands.append(RoleDemand("learner", cfg.learner.num_workers, cfg.learner.cpus_per_worker,
                               cfg.learner.gpus_per_worker, dict(cfg.learner.resources)))
-    if sol is not None and not colocate:
+    if cfg.rollout.strategy == "sol":
+        sol = cfg.rollout.sol
         demands.append(RoleDemand("explore", sol.explore_workers, sol.explore_cpus_per_worker,
                                   sol.explore_gpus_per_worker, dict(sol.explore_resources)))
     return demands
+
+
+def colocation_groups(cfg: RLJobConfig) -> list[list[str]]:
+    """Roles that share one resource pool: `ray.colocate`, plus [rollout, explore] for rollout.sol.colocate."""
+    groups = [list(group) for group in cfg.ray.colocate]
+    if cfg.rollout.strategy == "sol" and cfg.rollout.sol.colocate:
+        joined = next((g for g in groups if "rollout" in g), None)
+        if joined is None:
+            groups.append(["rollout", "explore"])
+        elif "explore" not in joined:
+            joined.append("explore")
+    return groups
+
+
+def resource_pools(cfg: RLJobConfig) -> list[RoleDemand]:
+    """The resource pools (Ray placement groups) the RL controller creates: one per role, except that colocated
+    roles share one whose bundle i holds worker i of each of them (bundles: the largest worker count; each bundle
+    the sum of the roles' per-worker demands). A pool's `role` names its roles joined by '+'."""
+    demands = {d.role: d for d in role_demands(cfg)}
+    grouped = {role for group in colocation_groups(cfg) for role in group}
+    pools = [d for d in demands.values() if d.role not in grouped]
+    for group in colocation_groups(cfg):
+        members = [demands[role] for role in group]
+        resources: dict[str, float] = {}
+        for member in members:
+            for key, value in member.resources.items():
+                resources[key] = resources.get(key, 0.0) + value
+        pools.append(RoleDemand("+".join(group), max(m.workers for m in members), sum(m.cpus for m in members),
+                                sum(m.gpus for m in members), resources))
+    return pools
 
 
 JOB_KINDS: dict[str, type[Section]] = {"rl": RLJobConfig}

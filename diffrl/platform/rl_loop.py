@@ -19,7 +19,7 @@ from tqdm import tqdm
 from diffrl.algorithms.advantages import group_advantages
 from diffrl.algorithms.sol import kendall_tau, select_seeds, spearman_rho, top_k_agreement
 from diffrl.platform import checkpoint as ckpt
-from diffrl.platform.config import RLJobConfig, role_demands
+from diffrl.platform.config import RLJobConfig, resource_pools, role_demands
 from diffrl.platform.reporting import plot_curves, sample_grid
 from diffrl.platform.runs import RunLog, open_run, rewind_metrics
 from diffrl.platform.worker import Call, LocalBackend, Placement, WorkerGroup, WorkerLost, split_evenly
@@ -186,32 +186,29 @@ def start_roles(cfg: RLJobConfig) -> Roles:
         explore_cfg = {**cfg.rollout.model_dump(), "precision": sol.explore_precision, "num_steps": sol.explore_steps,
                        "sampler": "ode", "sde_window": 0, "guidance_scale": sol.explore_guidance_scale}
         explore_args = [(model_cfg, explore_cfg, max(1, cores // sol.explore_workers), False)] * sol.explore_workers
-    colocate = sol is not None and sol.colocate
-    # One resource pool per role (rollout bundles include colocated explore workers' shares), in this order:
-    # rollout, reward0.., learner[, explore].
+    # Each role's workers ask for their own share (Placement); pools are per role, or shared by colocated roles
+    # (worker i of each on bundle i).
     demands = {d.role: d for d in role_demands(cfg)}
     reward_groups = [(f"reward{i}", spec, demands[f"reward{i}"]) for i, spec in enumerate(cfg.reward.rewards)]
     if cfg.backend == "local":
         backend = LocalBackend()
-        backends = {role: backend for role in [*demands, "explore"]}
+        backends = {role: backend for role in demands}
         pools = {}
     else:
         from diffrl.cluster.local import connect_ray
         from diffrl.platform.ray_backend import RayBackend, ResourcePool
 
         connect_ray(cfg.ray.address, cfg.ray.num_cpus, cfg.ray.num_gpus)
-        pools = {}
+        pools, backends = {}, {}
         try:
-            for d in demands.values():
-                pools[d.role] = ResourcePool(d.role, d.workers, d.cpus, d.gpus, d.resources,
-                                             timeout_s=cfg.ray.placement_timeout_s)
+            for spec in resource_pools(cfg):
+                pools[spec.role] = ResourcePool(spec.role, spec.workers, spec.cpus, spec.gpus, spec.resources,
+                                                timeout_s=cfg.ray.placement_timeout_s)
+                backends.update({role: RayBackend(pools[spec.role]) for role in spec.role.split("+")})
         except Exception:
             for pool in pools.values():
                 pool.remove()
             raise
-        backends = {role: RayBackend(pool) for role, pool in pools.items()}
-        if colocate:
-            backends["explore"] = backends["rollout"]  # explore worker i shares rollout bundle i
     restarts = cfg.rollout.max_restarts
     roles = Roles(
         rollout=WorkerGroup(backends["rollout"], RolloutWorker, rollout_args,
