@@ -8,6 +8,7 @@ import math
 import numpy as np
 import pytest
 import torch
+import yaml
 
 from diffrl.platform import checkpoint as ckpt
 from diffrl.platform.config import RLJobConfig
@@ -31,6 +32,8 @@ def test_flatten_round_trips_nested_state_without_pickle(tmp_path):
     assert back["e"] == 2 and math.isnan(back["f"]) and back["g"] == (0.9, 0.999)
     with pytest.raises(TypeError, match=r"checkpoint state at 'x.obj' is a object"):
         ckpt.flatten_state({"x": {"obj": object()}})
+    with pytest.raises(ValueError, match=r"two tensors at 'a.b'"):
+        ckpt.flatten_state({"a.b": torch.zeros(1), "a": {"b": torch.ones(1)}})
 
 
 def test_rng_states_round_trip():
@@ -44,6 +47,8 @@ def test_rng_states_round_trip():
 
 def test_commit_is_atomic_and_corruption_is_named(tmp_path):
     tmp = ckpt.begin(tmp_path, 4)
+    for name in ckpt.REQUIRED:
+        (tmp / name).write_bytes(b"{}")
     (tmp / "model.safetensors").write_bytes(b"weights")
     assert ckpt.list_checkpoints(tmp_path) == [] and ckpt.latest_checkpoint(tmp_path) is None  # partial: unseen
     path = ckpt.commit(tmp, 4)
@@ -54,6 +59,15 @@ def test_commit_is_atomic_and_corruption_is_named(tmp_path):
         ckpt.latest_checkpoint(tmp_path)
     (path / "model.safetensors").write_bytes(b"short")
     with pytest.raises(ckpt.CheckpointError, match=r"model.safetensors has 5 bytes, the manifest says 7"):
+        ckpt.latest_checkpoint(tmp_path)
+    manifest = json.loads((path / ckpt.MANIFEST).read_text())
+    del manifest["files"]["trainer.json"]
+    (path / "model.safetensors").write_bytes(b"weights")
+    (path / ckpt.MANIFEST).write_text(json.dumps(manifest))
+    with pytest.raises(ckpt.CheckpointError, match=r"incomplete: its manifest lists no trainer.json"):
+        ckpt.latest_checkpoint(tmp_path)
+    (path / ckpt.MANIFEST).write_text('{"format": 1, "step": 4, "files": {"x": {"bytes": "many"}}}')
+    with pytest.raises(ckpt.CheckpointError, match=r"manifest.json is unreadable"):
         ckpt.latest_checkpoint(tmp_path)
     (path / ckpt.MANIFEST).unlink()
     with pytest.raises(ckpt.CheckpointError, match=r"incomplete: manifest.json is missing"):
@@ -132,7 +146,8 @@ def test_open_run_resume_rules(tmp_path):
     records = [{"step": 0, "eval/headline": 0.5}, *[{"step": s, "reward/mean": s / 10} for s in (1, 2, 3)]]
     (run_dir / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in records) + '{"step": 4, "rew')
     tmp = ckpt.begin(run_dir, 2)
-    (tmp / "trainer.json").write_text("{}")
+    for name in ckpt.REQUIRED:
+        (tmp / name).write_text("{}")
     ckpt.commit(tmp, 2)
     with pytest.raises(ckpt.CheckpointError, match=r"the job changes learner.lr, rollout.group_size"):
         open_run(job("learner.lr=1e-3", "rollout.group_size=4"), must_resume=True)
@@ -141,3 +156,16 @@ def test_open_run_resume_rules(tmp_path):
     kept = [json.loads(line)["step"] for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
     assert kept == [0, 1, 2]  # records after the checkpoint go; the cut-off last line too
     assert (run_dir / "metrics.attempt1.jsonl").read_text().endswith('"rew')  # the old file is kept whole
+
+    from diffrl.platform.runs import RunFinished, config_changes
+
+    saved = yaml.safe_load((run_dir / "config.yaml").read_text())
+    assert config_changes(saved, job("trainer.steps=400", "trainer.eval_every=10",
+                                     "reward.rewards=[{name: geneval_shapes, num_workers: 2}]")) == []
+    assert config_changes(saved, job("trainer.steps=400", "trainer.eval_every=10",
+                                     "reward.rewards=[{name: geneval_shapes, weight: 2.0}]")) == ["reward.rewards.0.weight"]
+    with pytest.raises(ckpt.CheckpointError, match=r"newest checkpoint is at step 2, past trainer.steps=1"):
+        open_run(job("trainer.steps=1"), must_resume=True)
+    (run_dir / "final.safetensors").write_bytes(b"done")
+    with pytest.raises(RunFinished, match=r"already finished all 2 steps"):
+        open_run(job("trainer.steps=2"), must_resume=True)

@@ -297,7 +297,9 @@ import ray
 from ray.util.state import list_actors
 from diffrl.cluster.local import connect_ray
 from diffrl.platform.config import load_job
-from diffrl.platform.rl_loop import start_roles
+from diffrl.platform.rl_loop import (compute_advantages, generate_and_score, prompt_splits, start_roles,
+                                     step_requests, sync_weights)
+from diffrl.platform.worker import split_evenly
 
 job, address, *overrides = sys.argv[1:]
 connect_ray(address)
@@ -318,7 +320,25 @@ try:
     start_roles(load_job(job, overrides + ["learner.resources={node_c: 1}", "ray.placement_timeout_s=5"]))
 except Exception as err:
     error = f"{type(err).__name__}: {err}"
-print("OUTCOME " + json.dumps({"placed": {k: sorted(v) for k, v in placed.items()}, "error": error}), flush=True)
+# Two learner ranks on two nodes (one "slot" each) with broadcast weight sync: they meet through a TCP store on
+# rank 0's node, train one step together, and every rollout worker receives the update.
+cfg = load_job(job, overrides + ["learner.num_workers=2", "learner.resources={slot: 1}",
+                                 "learner.sync_backend=broadcast"])
+roles = start_roles(cfg)
+try:
+    train, _ = prompt_splits(cfg)
+    batch = generate_and_score(roles, step_requests(train, cfg, 0))
+    batch.advantages = compute_advantages(batch, cfg)
+    shards = [batch.select(rows) for rows in split_evenly(list(range(len(batch))), 2)]
+    roles.learner.get(roles.learner.scatter("update", shards, step=0))
+    version = sync_weights(roles, cfg)
+    spread = sorted(custom[a.node_id][0] for a in list_actors(address=address, filters=[("state", "=", "ALIVE")])
+                    if a.class_name == "LearnerWorker")
+    local_node = roles.local_node
+finally:
+    roles.shutdown()
+print("OUTCOME " + json.dumps({"placed": {k: sorted(v) for k, v in placed.items()}, "error": error,
+                               "spread": spread, "version": version, "local_node": local_node}), flush=True)
 """
 
 
@@ -327,12 +347,12 @@ def test_roles_land_on_the_nodes_their_resources_name(tmp_path):
     temp_dir = short_temp_dir()
     # Both nodes and the driver share a private token; a joining node only sends it under RAY_AUTH_MODE=token.
     env = ray_env(RAY_AUTH_MODE="token", RAY_AUTH_TOKEN=secrets.token_hex(32))
-    head_node, ports = start_head(temp_dir, env, resources={"node_a": 4})
+    head_node, ports = start_head(temp_dir, env, resources={"node_a": 4, "slot": 1})
     worker = None
     try:
         worker_ports = free_ports(NODE_PORTS)
         worker = RayNode([f"--address=127.0.0.1:{ports['port']}", "--node-ip-address=127.0.0.1", "--num-cpus=8",
-                          '--resources={"node_b": 4}', *[f"--{k}={v}" for k, v in worker_ports.items()]],
+                          '--resources={"node_b": 4, "slot": 1}', *[f"--{k}={v}" for k, v in worker_ports.items()]],
                          {**env, "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "1"}, tmp_path / "worker.log", join=True)
         address = f"127.0.0.1:{ports['port']}"
         # The driver gets neither switch: connect_ray must keep 127.0.0.1 and turn token auth on by itself.
@@ -357,3 +377,5 @@ def test_roles_land_on_the_nodes_their_resources_name(tmp_path):
     error = outcome["error"]
     assert error.startswith("PlacementTimeout: role 'learner' could not be placed"), error
     assert "node_c" in error and "node_a" in error and "node_b" in error and "2 node(s)" in error
+    assert outcome["spread"] == ["node_a", "node_b"] and outcome["version"] == 1
+    assert outcome["local_node"] is False  # two nodes: rendezvous through a TCP store, not the driver's files

@@ -35,6 +35,10 @@ def check_run(run_dir: Path) -> list[dict]:
     assert any(not torch.equal(final[k], base[k]) for k in final), "training must change the weights"
     for name in ("config.yaml", "samples_before.png", "samples_after.png", "reward_curve.png", "report.html"):
         assert (run_dir / name).stat().st_size > 0
+    report = (run_dir / "report.html").read_text()
+    for section in ('id="reward"', 'id="reward-details"', 'id="tasks"', 'id="timing"', 'id="losses"', 'id="samples"'):
+        body = report.split(section, 1)[1].split("<section", 1)[0]
+        assert "data:image/png;base64," in body and "Not yet available" not in body, section
     samples = json.loads((run_dir / "samples.json").read_text())
     assert samples["before"]["step"] == 0 and samples["after"]["step"] == 2 and samples["after"]["prompts"]
     assert any(k.startswith("reward/geneval_shapes/strict/") for k in steps[0])  # per task type

@@ -19,8 +19,11 @@ from safetensors.torch import load_file
 
 REPO = Path(__file__).resolve().parents[1]
 JOB = str(REPO / "configs/shapes_awm.yaml")
+# Held-out evals every 2 steps with an eval EMA and a warm-up schedule: a resume must restore the EMA, the scheduler
+# and the eval history too, not only the weights and the optimizer.
 FAST = ["trainer.steps=6", "trainer.checkpoint_every=2", "rollout.prompts_per_step=2", "rollout.group_size=4",
-        "trainer.eval_seeds_per_prompt=1", "trainer.eval_every=0", "trainer.wandb.mode=disabled"]
+        "trainer.eval_seeds_per_prompt=1", "trainer.eval_every=2", "learner.eval_ema_decay=0.5",
+        "learner.warmup_steps=3", "trainer.wandb.mode=disabled"]
 
 
 def diffrl(*args: str, cwd: Path, **popen) -> subprocess.Popen:
@@ -56,6 +59,11 @@ def wait_for_step(run_dir: Path, step: int, proc: subprocess.Popen, timeout: flo
         assert proc.poll() is None, proc.stdout.read()[-4000:]
         assert time.monotonic() < deadline, f"step {step} not reached"
         time.sleep(0.05)
+
+
+def evals(run_dir: Path) -> list[tuple[int, float]]:
+    records = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
+    return [(r["step"], r["eval/headline"]) for r in records if "eval/headline" in r]
 
 
 def assert_same_weights(a: Path, b: Path) -> None:
@@ -100,6 +108,7 @@ def test_sigkill_mid_step_then_resume_is_bitwise_exact(reference, tmp_path):
     assert_same_weights(run_dir / "checkpoints/step_000006/model.safetensors",
                         reference / "checkpoints/step_000006/model.safetensors")
     assert steps_logged(run_dir) == [1, 2, 3, 4, 5, 6]  # steps after the checkpoint were redone, once
+    assert evals(run_dir) == evals(reference) and [s for s, _ in evals(run_dir)] == [0, 2, 4, 6]
     assert (run_dir / "metrics.attempt1.jsonl").exists()
     assert (run_dir / "report.html").stat().st_size > 0
 
@@ -117,4 +126,7 @@ def test_learner_death_falls_back_to_the_newest_checkpoint(reference, tmp_path):
     out = finish(proc)
     assert "a learner died" in out and "restarting the roles from checkpoint step" in out
     assert_same_weights(run_dir / "final.safetensors", reference / "final.safetensors")
-    assert steps_logged(run_dir) == [1, 2, 3, 4, 5, 6]
+    assert steps_logged(run_dir) == [1, 2, 3, 4, 5, 6] and evals(run_dir) == evals(reference)
+    # Resuming the finished run is a no-op that says so.
+    again = finish(diffrl("run", JOB, f"output_dir={tmp_path}", *FAST, "--resume", cwd=tmp_path))
+    assert "already finished all 6 steps" in again

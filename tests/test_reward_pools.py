@@ -36,6 +36,8 @@ def test_killed_reward_replica_is_restarted_and_every_score_arrives_once(ray_clu
     try:
         group.run("setup")
         group.restore = lambda g, rank: g.get([g.call(rank, "setup")])
+        before = [h["incarnation"] for h in group.run("health")]
+        group.note_health(group.run("health"))
         calls, futures = _submit_scores(group, batch)
         time.sleep(0.7)
         ray.kill(group.handles[0], no_restart=False)  # dies mid-batch; Ray restarts it, the group re-sends its call
@@ -43,7 +45,9 @@ def test_killed_reward_replica_is_restarted_and_every_score_arrives_once(ray_clu
         assert out.scores == expected
         assert out.details[FIXTURE + "/prompt"] == batch.prompts  # each row answered exactly once, in order
         assert group.restarts == [1, 0]
-        assert group.run("health") == [{"ready": True}, {"ready": True}]
+        healths = group.run("health")
+        assert [h["ready"] for h in healths] == [True, True]
+        assert healths[0]["incarnation"] != before[0] and healths[1]["incarnation"] == before[1]  # only 0 restarted
     finally:
         group.shutdown()
         pool.remove()

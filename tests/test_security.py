@@ -25,7 +25,13 @@ def unsafe_loads(source: str) -> list[str]:
     """Calls that can execute code from data: pickle/cloudpickle/dill/joblib/marshal loads, torch.load without
     weights_only=True, numpy loads with allow_pickle=True, yaml.load / unsafe_load."""
     found = []
-    for node, name in _calls(ast.parse(source)):
+    tree = ast.parse(source)
+    for node in ast.walk(tree):  # `from pickle import loads` and the like, whatever name they are bound to
+        if isinstance(node, ast.ImportFrom) and (node.module or "").split(".")[0] in (
+                "pickle", "cloudpickle", "dill", "joblib", "marshal", "shelve"):
+            found += [f"line {node.lineno}: from {node.module} import {a.name}" for a in node.names
+                      if a.name in ("load", "loads", "Unpickler", "open")]
+    for node, name in _calls(tree):
         keywords = {k.arg: k.value for k in node.keywords}
         flagged = (
             name.split(".")[-1] in ("load", "loads") and name.split(".")[0] in ("pickle", "cloudpickle", "dill",
@@ -45,6 +51,7 @@ def test_the_scanner_flags_what_it_should():
     bad = ("import pickle, torch, yaml, numpy as np\npickle.load(f)\ntorch.load(p)\ntorch.load(p, weights_only=False)\n"
            "np.load(p, allow_pickle=True)\nyaml.load(s)\n")
     assert len(unsafe_loads(bad)) == 5
+    assert len(unsafe_loads("from pickle import loads as l\nl(b)\n")) == 1
     assert unsafe_loads("torch.load(p, weights_only=True)\nyaml.safe_load(s)\nnp.load(p)\n") == []
 
 

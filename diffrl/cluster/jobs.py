@@ -95,7 +95,7 @@ def connect(address: str) -> Any:
         raise JobsError(f"the Ray dashboard at {address} refused the request ({reason}); {fix}") from None
     except (ConnectionError, OSError, ValueError) as err:
         raise JobsError(f"cannot reach the Ray dashboard at {address} ({type(err).__name__}); is the cluster up "
-                        f"and the address right? (--address or RAY_ADDRESS=http://HEAD:8265)") from None
+                        f"and the address right? (--address http://HEAD:8265 or RAY_API_SERVER_ADDRESS)") from None
 
 
 def _on_job(address: str, job_id: str, call: Callable[[Any], Any]) -> Any:

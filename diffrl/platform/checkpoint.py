@@ -33,6 +33,9 @@ from safetensors.torch import load_file, save_file
 
 FORMAT = 1
 MANIFEST = "manifest.json"
+# What a run's checkpoint must hold (learner ranks beyond 0 and the workers' files are checked when read).
+REQUIRED = ("model.safetensors", "trainer.json", "learner_rank0.safetensors", "learner_rank0.json",
+            "workers.safetensors", "workers.json")
 PREFIX = "step_"
 
 
@@ -48,12 +51,13 @@ def flatten_state(state: Any, path: str = "") -> tuple[dict[str, torch.Tensor], 
     tensors: dict[str, torch.Tensor] = {}
 
     def walk(node: Any, where: str) -> Any:
-        if isinstance(node, torch.Tensor):
+        if isinstance(node, (torch.Tensor, np.ndarray)):
             key = where or "value"
-            tensors[key] = node.detach().cpu().contiguous().clone()
-            return {"__tensor__": key}
-        if isinstance(node, np.ndarray):
-            key = where or "value"
+            if key in tensors:  # e.g. {"a.b": x} beside {"a": {"b": y}}
+                raise ValueError(f"checkpoint state has two tensors at '{key}'; rename one of the keys")
+            if isinstance(node, torch.Tensor):
+                tensors[key] = node.detach().cpu().contiguous().clone()
+                return {"__tensor__": key}
             tensors[key] = torch.from_numpy(np.ascontiguousarray(node).copy())
             return {"__ndarray__": key}
         if isinstance(node, enum.IntEnum):
@@ -214,18 +218,20 @@ def verify(directory: Path) -> dict[str, Any]:
     try:
         manifest = json.loads(manifest_path.read_text())
         files = manifest["files"]
-    except (ValueError, KeyError, TypeError) as err:
-        raise CheckpointError(f"checkpoint {directory}: {MANIFEST} is unreadable ({err})") from None
+        int(manifest["step"])
+        entries = {name: (int(entry["bytes"]), str(entry["sha256"])) for name, entry in files.items()}
+    except (ValueError, KeyError, TypeError, AttributeError) as err:
+        raise CheckpointError(f"checkpoint {directory}: {MANIFEST} is unreadable ({type(err).__name__}: {err})") from None
     if manifest.get("format") != FORMAT:
         raise CheckpointError(f"checkpoint {directory}: format {manifest.get('format')!r}, this version reads {FORMAT}")
-    for name, entry in files.items():
+    for name, (size, digest) in entries.items():
         path = directory / name
         if not path.is_file():
             raise CheckpointError(f"checkpoint {directory} is corrupt: {name} is missing")
-        if path.stat().st_size != entry["bytes"]:
+        if path.stat().st_size != size:
             raise CheckpointError(f"checkpoint {directory} is corrupt: {name} has {path.stat().st_size} bytes, "
-                                  f"the manifest says {entry['bytes']}")
-        if _sha256(path) != entry["sha256"]:
+                                  f"the manifest says {size}")
+        if _sha256(path) != digest:
             raise CheckpointError(f"checkpoint {directory} is corrupt: {name} does not match its sha256 in {MANIFEST}")
     return manifest
 
@@ -256,4 +262,7 @@ def latest_checkpoint(run_dir: Path) -> Checkpoint | None:
     if not found:
         return None
     manifest = verify(found[-1])
+    missing = [name for name in REQUIRED if name not in manifest["files"]]
+    if missing:
+        raise CheckpointError(f"checkpoint {found[-1]} is incomplete: its manifest lists no {', '.join(missing)}")
     return Checkpoint(found[-1], int(manifest["step"]))

@@ -29,8 +29,13 @@ def cmd_run(args: argparse.Namespace) -> int:
     if args.check:
         print(f"{args.job}: valid {cfg.kind} job")
         return 0
+    from diffrl.platform.runs import RunFinished
+
     try:
         _job_kinds()[cfg.kind](cfg, resume=args.resume)
+    except RunFinished as done:
+        print(f"diffrl: {done}")
+        return 0
     except CheckpointError as err:
         print(f"error: {err}", file=sys.stderr)
         return 2

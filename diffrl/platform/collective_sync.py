@@ -1,8 +1,9 @@
 """Weight sync by collective broadcast: learner rank 0 broadcasts its bucketed trainable tensors to every inference
 worker over a process group of their own (NCCL when every member has a GPU, gloo otherwise).
 
-The group is built from a torch.distributed FileStore in the run's scratch directory (no TCP store listening on any
-interface) and is independent of the learners' DeepSpeed group, as verl and OpenRLHF keep a separate weight-update
+On a one-node cluster the group meets through a torch.distributed FileStore in the run's scratch directory (no TCP
+store listening on any interface) and its connections are pinned to loopback; across nodes it meets through a
+TCPStore hosted by learner rank 0 on its node's address (`store_url` tcp://HOST:PORT). The group is independent of the learners' DeepSpeed group, as verl and OpenRLHF keep a separate weight-update
 group. The bucket layout (names, shapes, dtypes, offsets) is fixed for a run, so it travels once through the object
 store when the channel opens; each sync then moves only the flat buckets. `learner.sync_backend: broadcast` selects
 it; the object-store path (`weight_sync.py`) is the default.
@@ -33,14 +34,23 @@ class BucketLayout:
                             tuple(payload.slots))
 
 
+def open_store(url: str, rank: int, world_size: int, timeout: timedelta) -> dist.Store:
+    """file:///path: a FileStore (this node only; gloo/NCCL then pinned to loopback). tcp://HOST:PORT: a TCPStore,
+    served by rank 0 on HOST (a cluster: connections use the node's network, GLOO/NCCL_SOCKET_IFNAME choose it)."""
+    if url.startswith("tcp://"):
+        host, _, port = url.removeprefix("tcp://").rpartition(":")
+        return dist.TCPStore(host, int(port), world_size, is_master=rank == 0, timeout=timeout)
+    pin_loopback_interfaces()
+    return dist.FileStore(url.removeprefix("file://"), world_size)
+
+
 class BroadcastChannel:
     """One member of the weight-broadcast group; rank 0 is the sender (learner rank 0)."""
 
-    def __init__(self, store_path: str, rank: int, world_size: int, device: torch.device, timeout_s: float = 600) -> None:
-        pin_loopback_interfaces()
+    def __init__(self, store_url: str, rank: int, world_size: int, device: torch.device, timeout_s: float = 600) -> None:
         self.rank, self.world_size, self.device = rank, world_size, device
-        store = dist.FileStore(store_path, world_size)
         timeout = timedelta(seconds=timeout_s)
+        store = open_store(store_url, rank, world_size, timeout)
         if device.type == "cuda":
             self.group = dist.ProcessGroupNCCL(store, rank, world_size, dist.ProcessGroupNCCL.Options())
             self.backend = "nccl"

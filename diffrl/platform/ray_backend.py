@@ -54,6 +54,13 @@ def _describe_nodes() -> str:
     return f"{len(nodes)} node(s): " + "; ".join(parts)
 
 
+def driver_node_only() -> bool:
+    """True when the Ray cluster is one node and this process (the driver) runs on it: files in the driver's temp
+    dir are then visible to every worker and loopback reaches every one of them."""
+    alive = [n for n in ray.nodes() if n.get("Alive")]
+    return len(alive) == 1 and alive[0]["NodeID"] == ray.get_runtime_context().get_node_id()
+
+
 class RayBackend:
     """Creates each group's actors on the bundles of one ResourcePool."""
 
@@ -98,3 +105,7 @@ class RayBackend:
 
     def is_lost(self, error: BaseException) -> bool:
         return isinstance(error, (ray.exceptions.RayActorError, ray.exceptions.ActorUnavailableError))
+
+    def node_ip(self, handle: Any) -> str:
+        """The IP address of the node an actor runs on."""
+        return ray.get(handle.__ray_call__.remote(lambda worker: ray.util.get_node_ip_address()))

@@ -54,7 +54,13 @@ class Records:
 def read_records(path: Path) -> Records:
     """Every complete line of metrics.jsonl; a trailing line without its newline is still being appended."""
     lines = path.read_bytes().split(b"\n")[:-1] if path.exists() else []
-    records = [json.loads(line) for line in lines if line.strip()]
+    records = []
+    for number, line in enumerate(lines, start=1):
+        if line.strip():
+            try:
+                records.append(json.loads(line))
+            except ValueError:
+                raise ValueError(f"{path}:{number}: not a JSON record") from None
     summaries = [r for r in records if "summary/final" in r]
     return Records(
         steps=[r for r in records if "reward/mean" in r],
@@ -382,7 +388,7 @@ def write_report(run_dir: Path) -> Path:
 def cmd_report(args: argparse.Namespace) -> int:
     try:
         path = write_report(Path(args.run_dir))
-    except NotARunDirectory as err:
+    except ValueError as err:  # not a run directory, or a damaged metrics.jsonl (the message names the line)
         print(f"error: {err}", file=sys.stderr)
         return 2
     print(path)

@@ -147,6 +147,7 @@ class Roles:
     serving: str = "policy"  # which weights the inference groups hold: "policy", or "ema" during an EMA eval
     channel_generation: int = 0  # the weight-broadcast group is formed again (next generation) after a restart
     channel_stale: bool = False
+    local_node: bool = True  # every worker on the driver's node: rendezvous through files, connections on loopback
 
     @property
     def inference_groups(self) -> list[WorkerGroup]:
@@ -193,12 +194,13 @@ def start_roles(cfg: RLJobConfig) -> Roles:
     if cfg.backend == "local":
         backend = LocalBackend()
         backends = {role: backend for role in demands}
-        pools = {}
+        pools, local_node = {}, True
     else:
         from diffrl.cluster.local import connect_ray
-        from diffrl.platform.ray_backend import RayBackend, ResourcePool
+        from diffrl.platform.ray_backend import RayBackend, ResourcePool, driver_node_only
 
         connect_ray(cfg.ray.address, cfg.ray.num_cpus, cfg.ray.num_gpus)
+        local_node = driver_node_only()
         pools, backends = {}, {}
         try:
             for spec in resource_pools(cfg):
@@ -224,24 +226,44 @@ def start_roles(cfg: RLJobConfig) -> Roles:
                                       cfg.learner.resources), "learner"),
         pools=list(pools.values()),
         scratch=scratch,
+        local_node=local_node,
     )
     if sol is not None:
         roles.explore = WorkerGroup(backends["explore"], RolloutWorker, explore_args,
                                     Placement(sol.explore_cpus_per_worker, sol.explore_gpus_per_worker, restarts,
                                               sol.explore_resources), "explore")
+    try:
+        _set_up(roles, cfg)
+    except BaseException:
+        roles.shutdown()  # nothing placed by a failed start outlives it
+        raise
+    return roles
+
+
+def _set_up(roles: Roles, cfg: RLJobConfig) -> None:
+    """setup() on every worker, health checks, restore hooks and (broadcast sync) the broadcast group."""
     # Learner ranks must set up together: init_distributed waits for every rank.
     groups = [roles.rollout, *roles.rewards, roles.learner] + ([roles.explore] if roles.explore is not None else [])
+    rendezvous = {} if roles.local_node else {"rendezvous": _rank0_store_url(roles)}
     futures = [f for group in [roles.learner, *[g for g in groups if g is not roles.learner]]
-               for f in group.broadcast("setup")]
+               for f in (group.broadcast("setup", **rendezvous) if group is roles.learner else group.broadcast("setup"))]
     roles.learner.get(futures)
     for group in groups:
-        not_ready = [rank for rank, health in enumerate(group.run("health")) if not health["ready"]]
+        healths = group.run("health")
+        not_ready = [rank for rank, health in enumerate(healths) if not health["ready"]]
         if not_ready:
             raise RuntimeError(f"{group.name} workers {not_ready} did not become ready after setup()")
+        group.note_health(healths)
     install_restore_hooks(roles, cfg)
     if cfg.learner.sync_backend == "broadcast":
         open_broadcast_channel(roles)
-    return roles
+
+
+def _rank0_store_url(roles: Roles) -> str:
+    """tcp://HOST:PORT on learner rank 0's node, a port free there: where rank 0 serves a rendezvous store."""
+    host = roles.learner.backend.node_ip(roles.learner.handles[0])
+    port = roles.learner.get([roles.learner.call(0, "free_port", host)])[0]
+    return f"tcp://{host}:{port}"
 
 
 def install_restore_hooks(roles: Roles, cfg: RLJobConfig) -> None:
@@ -358,7 +380,8 @@ def _state_groups(roles: Roles) -> list[WorkerGroup]:
 def save_checkpoint(roles: Roles, cfg: RLJobConfig, run_dir: Path, step: int, trainer: dict[str, Any]) -> Path:
     """Write checkpoints/step_N atomically (see diffrl.platform.checkpoint): every learner rank's state, the trained
     weights, the other workers' state and the controller's `trainer` state."""
-    states = roles.learner.run("state_dict")
+    states = roles.learner.get([roles.learner.call(rank, "state_dict", weights=rank == 0)
+                                for rank in range(len(roles.learner))])
     tmp = ckpt.begin(run_dir, step)
     weights = states[0]["weights"]
     save_file(weights, str(tmp / "model.safetensors"), metadata={"version": str(states[0]["version"])})
@@ -505,7 +528,8 @@ def open_broadcast_channel(roles: Roles) -> None:
     world = 1 + len(receivers)
     roles.channel_generation += 1
     roles.channel_stale = False
-    store = str(roles.scratch / f"weights_store_{roles.channel_generation}")
+    store = (f"file://{roles.scratch / f'weights_store_{roles.channel_generation}'}" if roles.local_node
+             else _rank0_store_url(roles))
     futures = [roles.learner.call(0, "open_weight_channel", store, world)]
     futures += [group.call(index, "open_weight_channel", store, rank, world, layout)
                 for rank, (group, index) in enumerate(receivers, start=1)]

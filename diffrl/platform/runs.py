@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import secrets
 from pathlib import Path
 from typing import Any
@@ -15,6 +16,10 @@ from diffrl.platform.checkpoint import Checkpoint, CheckpointError, latest_check
 from diffrl.platform.config import RLJobConfig, dump_job
 from diffrl.platform.reporting import MetricsLog
 
+
+class RunFinished(CheckpointError):
+    """Resuming a run that already finished its steps: nothing to do (the CLI says so and exits 0)."""
+
 # Keys a resumed run may change: length, cadence, logging, cluster and resources of the stateless roles. Anything
 # else (model, algorithm, batch shape, learner ranks, seeds) would make the continuation a different run.
 RESUMABLE = (
@@ -24,24 +29,45 @@ RESUMABLE = (
     "rollout.max_restarts", "rollout.batch_size", "rollout.sol.explore_workers", "rollout.sol.explore_cpus_per_worker",
     "rollout.sol.explore_gpus_per_worker", "rollout.sol.explore_resources", "rollout.sol.colocate",
     "learner.cpus_per_worker", "learner.gpus_per_worker", "learner.resources", "reward.num_workers",
-    "reward.cpus_per_worker", "reward.resources", "reward.max_restarts",
+    "reward.cpus_per_worker", "reward.resources", "reward.max_restarts", "reward.rewards.*.num_workers",
+    "reward.rewards.*.cpus_per_worker", "reward.rewards.*.gpus_per_worker", "reward.rewards.*.resources",
+    "reward.rewards.*.retries", "reward.rewards.*.timeout_s", "reward.rewards.*.backoff_s",
 )
 
 
 def _flatten(tree: Any, prefix: str = "") -> dict[str, Any]:
-    if isinstance(tree, dict):
-        out: dict[str, Any] = {}
-        for key, value in tree.items():
-            out.update(_flatten(value, f"{prefix}{key}."))
-        return out
-    return {prefix[:-1]: tree}
+    """Dotted keys of nested dicts and lists (list items by index: reward.rewards.0.num_workers)."""
+    if isinstance(tree, dict) and tree:
+        items = tree.items()
+    elif isinstance(tree, list) and tree and any(isinstance(v, (dict, list)) for v in tree):
+        items = enumerate(tree)
+    else:
+        return {prefix[:-1]: tree}
+    out: dict[str, Any] = {}
+    for key, value in items:
+        out.update(_flatten(value, f"{prefix}{key}."))
+    return out
+
+
+def _resumable(key: str) -> bool:
+    generic = re.sub(r"\.\d+\.", ".*.", key)  # reward.rewards.0.num_workers -> reward.rewards.*.num_workers
+    return any(k == p or k.startswith(p) for p in RESUMABLE for k in (key, generic))
+
+
+def _same_file(old: Any, new: Any) -> bool:
+    """Prompt files compare by content: a run staged by `diffrl submit` names its copy data/train.jsonl."""
+    try:
+        return Path(old).read_bytes() == Path(new).read_bytes()
+    except (OSError, TypeError):
+        return False
 
 
 def config_changes(saved: dict, cfg: RLJobConfig) -> list[str]:
     """Keys whose value differs between a run's saved config.yaml and `cfg` and that a resume may not change."""
     old, new = _flatten(saved), _flatten(yaml.safe_load(dump_job(cfg)))
     changed = sorted(k for k in old.keys() | new.keys() if old.get(k) != new.get(k))
-    return [k for k in changed if not any(k == p or k.startswith(p) for p in RESUMABLE)]
+    changed = [k for k in changed if not (k in ("data.train_file", "data.eval_file") and _same_file(old[k], new[k]))]
+    return [k for k in changed if not _resumable(k)]
 
 
 def new_run_dir(cfg: RLJobConfig) -> Path:
@@ -79,6 +105,12 @@ def open_run(cfg: RLJobConfig, must_resume: bool = False) -> tuple[Path, Checkpo
                               f"them); remove --resume to start a new run directory")
     if checkpoint is None and (base / "final.safetensors").exists():
         return new_run_dir(cfg), None  # a finished run without checkpoints: never start over on top of it
+    if checkpoint is not None and checkpoint.step > cfg.trainer.steps:
+        raise CheckpointError(f"cannot resume {base}: its newest checkpoint is at step {checkpoint.step}, past "
+                              f"trainer.steps={cfg.trainer.steps}")
+    if checkpoint is not None and checkpoint.step == cfg.trainer.steps and (base / "final.safetensors").exists():
+        raise RunFinished(f"{base} already finished all {cfg.trainer.steps} steps (final.safetensors); raise "
+                          f"trainer.steps to continue it")
     if saved_path.is_file():
         changed = config_changes(yaml.safe_load(saved_path.read_text()) or {}, cfg)
         if changed:
@@ -98,7 +130,10 @@ def rewind_metrics(run_dir: Path, step: int | None) -> None:
     attempt = 1
     while (run_dir / f"metrics.attempt{attempt}.jsonl").exists():
         attempt += 1
-    records = MetricsLog(path).read()
+    try:
+        records = MetricsLog(path).read()
+    except ValueError as err:
+        raise CheckpointError(f"cannot resume {run_dir}: {err}") from None
     os.replace(path, run_dir / f"metrics.attempt{attempt}.jsonl")
     kept = [r for r in records if step is not None and r.get("step", 0) <= step
             and not any(k.startswith("summary/") for k in r)]

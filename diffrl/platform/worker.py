@@ -11,6 +11,8 @@ import time
 from dataclasses import dataclass, field
 from typing import Any, Callable, Iterator, Protocol, Sequence, runtime_checkable
 
+from diffrl.workers.base import NotReady
+
 
 @runtime_checkable
 class Worker(Protocol):
@@ -61,12 +63,14 @@ class WorkerLost(RuntimeError):
 
 @dataclass
 class Call:
-    """One method call on one worker of a group, kept so that it can be sent again if the worker dies."""
+    """One method call on one worker of a group, kept so that it can be sent again if the worker dies.
+    `incarnation` is the worker process the call was last sent to, as the group knew it then."""
 
     rank: int
     method: str
     args: tuple = ()
     kwargs: dict = field(default_factory=dict)
+    incarnation: str | None = None
 
 
 class _Done:
@@ -137,6 +141,8 @@ class WorkerGroup:
         # the fresh worker to the state the others have (setup, current weights). The controller sets it.
         self.restore: Callable[[WorkerGroup, int], None] | None = None
         self.restarts = [0] * len(self.handles)
+        # The process each worker runs in, from health()["incarnation"] (None: not known yet).
+        self.incarnations: list[str | None] = [None] * len(self.handles)
 
     def __len__(self) -> int:
         return len(self.handles)
@@ -166,13 +172,22 @@ class WorkerGroup:
 
     # ------------------------------------------------------------------ calls that survive a worker's death
     def submit(self, calls: Sequence[Call]) -> list[Any]:
+        for c in calls:
+            c.incarnation = self.incarnations[c.rank]
         return [self.call(c.rank, c.method, *c.args, **c.kwargs) for c in calls]
+
+    def note_health(self, healths: Sequence[dict[str, Any]]) -> None:
+        """Remember each worker's incarnation from a `run("health")`."""
+        self.incarnations = [h.get("incarnation") for h in healths]
+
+    def _worker_lost(self, error: BaseException) -> bool:
+        return self.backend.is_lost(error) or isinstance(error, NotReady)
 
     def calls_as_completed(self, calls: Sequence[Call], futures: Sequence[Any] | None = None
                            ) -> Iterator[tuple[int, Any]]:
         """Yield (index, result) for `calls` as they finish (`futures`: the calls, already submitted). A call whose
-        worker died is sent again, once per death, after the worker was restarted and restored (`recover`):
-        nothing is lost or duplicated."""
+        worker died — during the call, or before it while idle (the restarted worker raises NotReady) — is sent
+        again after the worker was restarted and restored (`recover`): nothing is lost or duplicated."""
         pending = dict(enumerate(futures if futures is not None else self.submit(calls)))
         while pending:
             keys = list(pending)
@@ -180,9 +195,9 @@ class WorkerGroup:
             try:
                 result = self.get([pending[index]])[0]
             except Exception as err:  # noqa: BLE001 - only a lost worker is handled; anything else re-raises
-                if not self.backend.is_lost(err):
+                if not self._worker_lost(err):
                     raise
-                self.recover(calls[index].rank, err)
+                self.recover(calls[index].rank, err, calls[index].incarnation)
                 pending[index] = self.submit([calls[index]])[0]
                 continue
             del pending[index]
@@ -193,25 +208,36 @@ class WorkerGroup:
         results: dict[int, Any] = dict(self.calls_as_completed(calls, futures))
         return [results[i] for i in range(len(calls))]
 
-    def recover(self, rank: int, error: BaseException | None = None, timeout_s: float = 300.0) -> None:
-        """Wait until the backend has restarted worker `rank`, then run the restore hook on it. Raises WorkerLost
-        when the worker has no restarts left."""
-        self.restarts[rank] += 1
+    def recover(self, rank: int, error: BaseException, submitted: str | None = None,
+                timeout_s: float = 300.0) -> None:
+        """After `error` on a call sent to incarnation `submitted` of worker `rank`: wait until the worker answers
+        again; if it is a new process not yet restored, count the restart and run the restore hook on it. One death
+        is counted once however many calls it failed. If the worker answers as the very process the call was sent
+        to, it never died (the error came from elsewhere, e.g. a dead learner whose weights the call carried):
+        `error` is raised. WorkerLost when the worker has no restarts left or does not come back in time."""
         allowed = self.placement.max_restarts
-        if self.restarts[rank] > allowed:
-            raise WorkerLost(self.name, rank, f"{self.restarts[rank]} failure(s), {allowed} restart(s) allowed "
-                                              f"(last error: {error})") from error
         deadline = time.monotonic() + timeout_s
         while True:  # a call to a restarting actor fails until its constructor has run again
             try:
-                self.get([self.call(rank, "health")])
+                health = self.get([self.call(rank, "health")], timeout=max(1.0, deadline - time.monotonic()))[0]
                 break
             except Exception as err:  # noqa: BLE001
-                if not self.backend.is_lost(err) or time.monotonic() > deadline:
-                    raise WorkerLost(self.name, rank, f"did not come back after a restart: {err}") from err
+                if self.backend.is_lost(err) and self.restarts[rank] >= allowed:
+                    raise WorkerLost(self.name, rank, f"no restarts left ({allowed} allowed, {self.restarts[rank]} "
+                                                      f"used; last error: {error})") from error
+                if time.monotonic() > deadline or not (self.backend.is_lost(err) or "Timeout" in type(err).__name__):
+                    raise WorkerLost(self.name, rank, f"did not come back within {timeout_s:.0f} s: {err}") from err
                 time.sleep(0.5)
-        if self.restore is not None:
-            self.restore(self, rank)
+        current = health.get("incarnation")
+        if current is not None and current == submitted:
+            raise error
+        if current is None or current != self.incarnations[rank]:
+            self.restarts[rank] += 1
+            if self.restarts[rank] > allowed:
+                raise WorkerLost(self.name, rank, f"no restarts left ({allowed} allowed; last error: {error})") from error
+            if self.restore is not None:
+                self.restore(self, rank)
+            self.incarnations[rank] = current
 
     def run(self, method: str, *args: Any, **kwargs: Any) -> list[Any]:
         """Broadcast and wait: the results of every worker, in rank order."""

@@ -22,6 +22,7 @@ from diffrl.models.adapter import Conditioning, concat_conditioning, encode_each
 from diffrl.models.registry import apply_lora, build_model_from_config, load_trainable_state_dict, trainable_state_dict
 from diffrl.platform.collective_sync import BroadcastChannel, BucketLayout
 from diffrl.platform.weight_sync import DEFAULT_BUCKET_MB, WeightPayload, pack
+from diffrl.workers.base import new_incarnation
 from diffrl.workers.batch import RolloutBatch
 from diffrl.workers.objectives import build_objective
 
@@ -51,14 +52,26 @@ class LearnerWorker:
         self.guidance = (rollout_cfg or {}).get("guidance_scale", 1.0) if learner_cfg["algorithm"] == "flow_grpo" else 1.0
         self.version = 0
         self.engine = None
+        self.incarnation = new_incarnation()
 
     # ----------------------------------------------------------------------------------------------- set-up
-    def setup(self) -> None:
+    def free_port(self, host: str) -> int:
+        """A port free on this node's `host` address, for a rendezvous store rank 0 will serve."""
+        import socket
+
+        with socket.socket() as probe:
+            probe.bind((host, 0))
+            return probe.getsockname()[1]
+
+    def setup(self, rendezvous: str | None = None) -> None:
         torch.set_num_threads(self.num_threads)
-        # Ranks meet through a file store (`rendezvous`, a file:// URL on this node) instead of a TCP store, whose
-        # server would listen on every interface; gloo/NCCL connections are pinned to the loopback interface.
+        self.rendezvous = rendezvous or self.rendezvous
+        # On one node the ranks meet through a file store (a file:// URL) instead of a TCP store, whose server would
+        # listen on every interface, and gloo/NCCL connections are pinned to loopback. Across nodes the controller
+        # passes tcp://HOST:PORT on learner rank 0's node and the node's network is used.
         os.environ.update(RANK=str(self.rank), LOCAL_RANK="0", WORLD_SIZE=str(self.world_size))
-        pin_loopback_interfaces()
+        if self.rendezvous.startswith("file://"):
+            pin_loopback_interfaces()
         import deepspeed
         import deepspeed.ops
 
@@ -228,10 +241,10 @@ class LearnerWorker:
     _RUNTIME_KEYS = ("loss_scaler", "param_slice_mappings")
     _ENGINE_COUNTERS = ("global_steps", "global_samples", "micro_steps", "skipped_steps")
 
-    def state_dict(self) -> dict[str, Any]:
-        """Everything an exact resume needs from this rank: trained weights, optimizer (this rank's partition
-        under ZeRO-1/2) and scheduler state, the shadow copies (EMA, old policy), DeepSpeed's step counters, RNG
-        states and the weight version."""
+    def state_dict(self, weights: bool = True) -> dict[str, Any]:
+        """Everything an exact resume needs from this rank: trained weights (`weights=False` leaves them out: every
+        rank holds the same), optimizer (this rank's partition under ZeRO-1/2) and scheduler state, the shadow
+        copies (EMA, old policy), DeepSpeed's step counters, RNG states and the weight version."""
         from diffrl.platform.checkpoint import capture_rng
 
         if self.cfg["zero_stage"] == 3:
@@ -239,7 +252,8 @@ class LearnerWorker:
         optimizer = {k: v for k, v in self.optimizer.state_dict().items() if k not in self._RUNTIME_KEYS}
         return {
             "version": self.version,
-            "weights": {k: v.detach().clone() for k, v in trainable_state_dict(self.engine.module).items()},
+            "weights": ({k: v.detach().clone() for k, v in trainable_state_dict(self.engine.module).items()}
+                        if weights else {}),
             "optimizer": optimizer,
             "scheduler": self.scheduler.state_dict(),
             "shadows": {name: [t.detach().clone() for t in tracked] for name, (_, tracked, _) in self.shadows.items()},
@@ -255,8 +269,10 @@ class LearnerWorker:
         if self.cfg["zero_stage"] in (1, 2):
             live = self.optimizer.state_dict()
             saved = {**{k: live[k] for k in self._RUNTIME_KEYS if k in live}, **state["optimizer"]}
-            # fp32 partitions come from the checkpoint (exact), then DeepSpeed copies them into the module.
-            self.optimizer.load_state_dict([saved], load_optimizer_states=True, load_from_fp32_weights=True)
+            # DeepSpeed reads entry [dp rank] of the list (the checkpoint is rigid: this rank's own partition), and
+            # takes the fp32 partition from it exactly.
+            self.optimizer.load_state_dict([saved] * self.world_size, load_optimizer_states=True,
+                                           load_from_fp32_weights=True)
         else:
             self.optimizer.load_state_dict(state["optimizer"])
         self.scheduler.load_state_dict(state["scheduler"])
@@ -270,4 +286,5 @@ class LearnerWorker:
         self.version = int(state["version"])
 
     def health(self) -> dict[str, Any]:
-        return {"ready": self.engine is not None, "rank": self.rank, "version": self.version}
+        return {"ready": self.engine is not None, "rank": self.rank, "version": self.version,
+                "incarnation": self.incarnation}

@@ -10,6 +10,7 @@ from typing import Any, Sequence
 import numpy as np
 
 from diffrl.rewards.base import RewardError, RewardOutput, build_reward, validate_reward_output
+from diffrl.workers.base import new_incarnation
 
 
 class RewardWorker:
@@ -18,6 +19,7 @@ class RewardWorker:
     def __init__(self, reward_specs: Sequence[dict]) -> None:
         self.specs = list(reward_specs)
         self.rewards: dict[str, Any] = {}
+        self.incarnation = new_incarnation()
 
     def setup(self) -> None:
         for spec in self.specs:
@@ -77,4 +79,4 @@ class RewardWorker:
         restore_rng(state["rng"])
 
     def health(self) -> dict[str, Any]:
-        return {"ready": len(self.rewards) == len(self.specs)}
+        return {"ready": len(self.rewards) == len(self.specs), "incarnation": self.incarnation}

@@ -10,6 +10,7 @@ import torch
 from diffrl.models.adapter import concat_conditioning, encode_each
 from diffrl.models.registry import apply_lora, build_model_from_config, load_trainable_state_dict
 from diffrl.platform.weight_sync import WeightPayload
+from diffrl.workers.base import NotReady, new_incarnation
 from diffrl.workers.batch import RolloutBatch, SampleRequest
 from diffrl.workers.sampling import sample
 
@@ -25,6 +26,11 @@ class RolloutWorker:
         self.model = None
         self.weight_version = 0
         self._cond_cache: dict[str, Any] = {}
+        self.incarnation = new_incarnation()
+
+    def _require_setup(self) -> None:
+        if self.model is None:
+            raise NotReady("rollout worker is not set up (restarted?): call setup() first")
 
     def setup(self) -> None:
         torch.set_num_threads(self.num_threads)
@@ -79,6 +85,7 @@ class RolloutWorker:
         `num_steps`/`sampler` override the config (held-out eval uses the deterministic ODE sampler); trajectories
         are stored only for the configured training sampler.
         """
+        self._require_setup()
         train_sampler = sampler is None or sampler == self.cfg["sampler"]
         num_steps = num_steps or self.cfg["num_steps"]
         sampler = sampler or self.cfg["sampler"]
@@ -118,6 +125,7 @@ class RolloutWorker:
         """Apply a learner's `get_weights()` payload (bucketed trainable tensors, version); returns the version.
 
         Samples generated afterwards record this version in `RolloutBatch.weight_version`."""
+        self._require_setup()
         load_trainable_state_dict(self.model.denoiser, payload.tensors())
         self.weight_version = payload.version
         return payload.version
@@ -146,4 +154,4 @@ class RolloutWorker:
         restore_rng(state["rng"])
 
     def health(self) -> dict[str, Any]:
-        return {"ready": self.model is not None, "weight_version": self.weight_version}
+        return {"ready": self.model is not None, "weight_version": self.weight_version, "incarnation": self.incarnation}
