@@ -59,6 +59,10 @@ def test_roles_and_default_shape_follow_the_job():
                                 "rollout.gpus_per_worker=0.5", "learner.gpus_per_worker=0.5"])
     assert [(d.role, d.workers, d.gpus) for d in resource_pools(hybrid)] == [
         ("reward0", 1, 0.5), ("rollout+learner", 2, 1.0)]
+    uneven = load_job(GPU_JOB, ["ray.colocate=[[rollout, learner]]", "rollout.num_workers=4"])
+    shared = resource_pools(uneven)[-1]
+    assert [b["GPU"] for b in shared.bundle_list()] == [2.0, 1.0, 1.0, 1.0]  # learner rank 0 on bundle 0 only
+    assert shared.total_gpus == 5.0 and cluster_shape(uneven).total_gpus == 5.5
 
 
 def test_kuberay_manifest(tmp_path):

@@ -71,8 +71,8 @@ def cluster_shape(cfg: Any, nodes: int | None = None, gpus_per_node: int | None 
                   cpus_per_node: int | None = None) -> ClusterShape:
     """Size the worker nodes from the job's roles; explicit values are checked against what the job needs."""
     demands = resource_pools(cfg)
-    total_gpus = sum(d.workers * d.gpus for d in demands)
-    total_cpus = sum(d.workers * d.cpus for d in demands)
+    total_gpus = sum(d.total_gpus for d in demands)
+    total_cpus = sum(d.total_cpus for d in demands)
     summary = (f"{total_gpus:g} GPU(s) and {total_cpus:g} CPU(s) for Ray: "
                + ", ".join(d.describe() for d in demands))
     if gpus_per_node is None:

@@ -356,6 +356,24 @@ class RoleDemand:
     cpus: float
     gpus: float
     resources: dict[str, float] = field(default_factory=dict)
+    # A shared pool's bundles when they differ (bundle i holds worker i of each colocated role that has one);
+    # None: `workers` bundles of cpus / gpus / resources each.
+    bundles: tuple[dict[str, float], ...] | None = None
+
+    def bundle_list(self) -> list[dict[str, float]]:
+        """The Ray placement-group bundles of this pool."""
+        if self.bundles is not None:
+            return [dict(b) for b in self.bundles]
+        bundle = {"CPU": self.cpus, **self.resources, **({"GPU": self.gpus} if self.gpus else {})}
+        return [dict(bundle) for _ in range(self.workers)]
+
+    @property
+    def total_cpus(self) -> float:
+        return sum(b.get("CPU", 0.0) for b in self.bundle_list())
+
+    @property
+    def total_gpus(self) -> float:
+        return sum(b.get("GPU", 0.0) for b in self.bundle_list())
 
     def describe(self) -> str:
         gpus = f", {self.gpus:g} GPU" if self.gpus else ""
@@ -394,19 +412,24 @@ def colocation_groups(cfg: RLJobConfig) -> list[list[str]]:
 
 def resource_pools(cfg: RLJobConfig) -> list[RoleDemand]:
     """The resource pools (Ray placement groups) the RL controller creates: one per role, except that colocated
-    roles share one whose bundle i holds worker i of each of them (bundles: the largest worker count; each bundle
-    the sum of the roles' per-worker demands). A pool's `role` names its roles joined by '+'."""
+    roles share one whose bundle i holds worker i of each role that has an i-th worker (as many bundles as the
+    largest role has workers). A pool's `role` names its roles joined by '+'."""
     demands = {d.role: d for d in role_demands(cfg)}
     grouped = {role for group in colocation_groups(cfg) for role in group}
     pools = [d for d in demands.values() if d.role not in grouped]
     for group in colocation_groups(cfg):
         members = [demands[role] for role in group]
-        resources: dict[str, float] = {}
-        for member in members:
-            for key, value in member.resources.items():
-                resources[key] = resources.get(key, 0.0) + value
-        pools.append(RoleDemand("+".join(group), max(m.workers for m in members), sum(m.cpus for m in members),
-                                sum(m.gpus for m in members), resources))
+        bundles = []
+        for index in range(max(m.workers for m in members)):
+            bundle: dict[str, float] = {}
+            for member in (m for m in members if m.workers > index):
+                for key, value in member.bundle_list()[0].items():
+                    bundle[key] = bundle.get(key, 0.0) + value
+            bundles.append(bundle)
+        largest = bundles[0]  # bundle 0 holds a worker of every role
+        custom = {k: v for k, v in largest.items() if k not in ("CPU", "GPU")}
+        pools.append(RoleDemand("+".join(group), len(bundles), largest.get("CPU", 0.0), largest.get("GPU", 0.0),
+                                custom, tuple(bundles)))
     return pools
 
 

@@ -20,12 +20,15 @@ class ResourcePool:
     of every group lands on bundle i, each taking its Placement's share of the bundle (fractional GPUs)."""
 
     def __init__(self, name: str, num_bundles: int, cpus: float, gpus: float = 0.0,
-                 resources: dict[str, float] | None = None, timeout_s: float = 120.0) -> None:
+                 resources: dict[str, float] | None = None, timeout_s: float = 120.0,
+                 bundles: list[dict[str, float]] | None = None) -> None:
+        """`num_bundles` bundles of cpus / gpus / custom resources each, or the explicit `bundles`."""
         self.name = name
         bundle: dict[str, float] = {"CPU": cpus, **(resources or {})}
         if gpus:
             bundle["GPU"] = gpus
-        self.bundles = [dict(bundle) for _ in range(num_bundles)]
+        self.bundles = [dict(b) for b in bundles] if bundles else [dict(bundle) for _ in range(num_bundles)]
+        num_bundles = len(self.bundles)
         self.group: PlacementGroup = placement_group(self.bundles, strategy="PACK", name=f"diffrl-{name}")
         try:
             ray.get(self.group.ready(), timeout=timeout_s)

@@ -205,7 +205,7 @@ def start_roles(cfg: RLJobConfig) -> Roles:
         try:
             for spec in resource_pools(cfg):
                 pools[spec.role] = ResourcePool(spec.role, spec.workers, spec.cpus, spec.gpus, spec.resources,
-                                                timeout_s=cfg.ray.placement_timeout_s)
+                                                timeout_s=cfg.ray.placement_timeout_s, bundles=spec.bundle_list())
                 backends.update({role: RayBackend(pools[spec.role]) for role in spec.role.split("+")})
         except Exception:
             for pool in pools.values():
