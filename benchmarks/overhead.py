@@ -66,10 +66,11 @@ def main() -> None:
         f"| Ray actors | {med_ray:.3f} | {statistics.mean(ray_):.3f} |\n\n"
         f"Ray / in-process (medians) = **{ratio:.3f}** ({verdict} the target of at most 1.10); per round: "
         f"{', '.join(f'{r:.2f}' for r in ratios)}.\n\n"
-        "Step times on 2 shared cores drift by 10-30% between runs, which is why the rounds alternate. Measured side "
-        "runs (one pair each, earlier): `RAY_worker_niceness=0` (Ray runs workers at nice 15, its daemons at 0) gave "
-        "1.23; `OMP_WAIT_POLICY=PASSIVE` gave 1.02 only by slowing the in-process run from 1.67 s to 2.77 s per "
-        "step, so it is not a fix.\n"
+        "Step times on 2 shared cores drift by 10-30% between runs, which is why the rounds alternate. A local "
+        "cluster runs Ray's workers at nice 0 (`RAY_worker_niceness=0`, set by `connect_ray` unless the user set it; "
+        "Ray's default is 15, below its own daemons): with the default, the same benchmark measured 1.177 (rounds "
+        "1.14, 1.10, 1.22). `OMP_WAIT_POLICY=PASSIVE` was tried earlier and only slowed the in-process run (1.67 s "
+        "to 2.77 s per step).\n"
     )
     replace_section(REPO / "docs/benchmarks.md", "Ray overhead", text)
     print(text)

@@ -57,6 +57,10 @@ def connect_ray(address: str | None = None, num_cpus: int = 8, num_gpus: int | N
         ray.init(address=address, log_to_driver=True)
         return
     _keep_loopback_addresses()
+    # Ray runs worker processes at nice 15 by default so that its daemons stay responsive on shared nodes; on a
+    # local cluster the workers are the whole job, and nice 15 costs ~15% step time on 2 cores (docs/benchmarks.md:
+    # Ray overhead 1.18 -> 1.02). The raylet reads this when ray.init starts it; a user's own setting wins.
+    os.environ.setdefault("RAY_worker_niceness", "0")
     ray.init(
         num_cpus=num_cpus,
         num_gpus=num_gpus,
