@@ -162,14 +162,6 @@ class WorkerGroup:
     def get(self, futures: Sequence[Any], timeout: float | None = None) -> list[Any]:
         return self.backend.get(futures, timeout=timeout)
 
-    def as_completed(self, futures: Sequence[Any]):
-        """Yield (index, result) for `futures` in the order they finish."""
-        pending = dict(enumerate(futures))
-        while pending:
-            keys = list(pending)
-            index = keys[self.backend.wait_one([pending[k] for k in keys])]
-            yield index, self.get([pending.pop(index)])[0]
-
     # ------------------------------------------------------------------ calls that survive a worker's death
     def submit(self, calls: Sequence[Call]) -> list[Any]:
         for c in calls:
