@@ -23,8 +23,8 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 from docs_table import replace_section  # noqa: E402
 
-from diffrl.platform.config import load_job  # noqa: E402
-from diffrl.platform.rl_loop import run_rl  # noqa: E402
+from diffrl.kinds import load_job  # noqa: E402
+from diffrl.kinds import run_job  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
 METHODS = {"flow_grpo": "Flow-GRPO", "awm": "AWM", "nft": "DiffusionNFT"}
@@ -35,7 +35,7 @@ def run_method(method: str, args: argparse.Namespace, out: Path) -> dict:
         f"trainer.steps={args.steps}", f"trainer.eval_every={args.eval_every}",
         f"trainer.eval_seeds_per_prompt={args.eval_seeds}", f"output_dir={out}", f"name={method}",
     ])
-    summary = run_rl(cfg)
+    summary = run_job(cfg)
     records = [json.loads(line) for line in (Path(summary["run_dir"]) / "metrics.jsonl").read_text().splitlines()]
     per_step_nfe = cfg.rollout.prompts_per_step * cfg.rollout.group_size * cfg.rollout.num_steps
     wall, walls = 0.0, {0: 0.0}

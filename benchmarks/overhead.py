@@ -20,8 +20,8 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 from docs_table import replace_section  # noqa: E402
 
-from diffrl.platform.config import load_job  # noqa: E402
-from diffrl.platform.rl_loop import run_rl  # noqa: E402
+from diffrl.kinds import load_job  # noqa: E402
+from diffrl.kinds import run_job  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -31,7 +31,7 @@ def step_times(backend: str, steps: int, out: Path) -> list[float]:
                                                        "trainer.eval_every=0", "trainer.eval_seeds_per_prompt=1",
                                                        f"output_dir={out}", f"name={backend}",
                                                        "trainer.wandb.mode=disabled"])
-    summary = run_rl(cfg, echo=lambda _: None)
+    summary = run_job(cfg, echo=lambda _: None)
     records = [json.loads(line) for line in (Path(summary["run_dir"]) / "metrics.jsonl").read_text().splitlines()]
     return [r["time/step"] for r in records if "time/step" in r]
 

@@ -43,7 +43,7 @@ def main() -> None:
     args = parser.parse_args()
     port = free_port()
     server = subprocess.Popen(
-        [sys.executable, "-m", "diffrl.platform.cli", "serve-reward", "benchmarks/echo_reward.py:echo_brightness",
+        [sys.executable, "-m", "diffrl.cli", "serve-reward", "benchmarks/echo_reward.py:echo_brightness",
          "--port", str(port)], cwd=REPO, stdout=subprocess.PIPE, text=True)
     url = f"http://127.0.0.1:{port}"
     try:

@@ -28,8 +28,8 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 from docs_table import replace_section  # noqa: E402
 
-from diffrl.platform.config import load_job  # noqa: E402
-from diffrl.platform.rl_loop import run_rl  # noqa: E402
+from diffrl.kinds import load_job  # noqa: E402
+from diffrl.kinds import run_job  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
 ARMS = {
@@ -47,7 +47,7 @@ def run_arm(name: str, overrides: list[str], args: argparse.Namespace, out: Path
         *overrides, f"trainer.steps={args.steps}", f"trainer.eval_every={args.eval_every}",
         f"output_dir={out}", f"name=arm{list(ARMS).index(name)}",
     ])
-    summary = run_rl(cfg)
+    summary = run_job(cfg)
     records = [json.loads(line) for line in (Path(summary["run_dir"]) / "metrics.jsonl").read_text().splitlines()]
     steps = [r for r in records if "time/step" in r]
     mean = lambda key: float(np.nanmean([r[key] for r in steps if key in r])) if any(key in r for r in steps) else None  # noqa: E731

@@ -12,7 +12,7 @@ def ray_cluster():
     """One local Ray session per test module, bound to loopback."""
     import ray
 
-    from diffrl.cluster.local import connect_ray
+    from diffrl.platform.ray_cluster import connect_ray
 
     connect_ray(num_cpus=8)
     yield ray

@@ -4,9 +4,11 @@ import ray
 import torch
 
 from diffrl.models.tiny_t2i import TinyT2I
-from diffrl.platform.config import parse_job
-from diffrl.platform.rl_loop import (compute_advantages, generate_and_score, prompt_splits, start_roles, step_requests,
-                                     sync_weights)
+from diffrl.kinds import parse_job
+from diffrl.kinds.rl.controller import compute_advantages
+from diffrl.kinds.rl.data import prompt_splits, step_requests
+from diffrl.kinds.rl.scoring import generate_and_score
+from diffrl.kinds.rl.roles import start_rl_roles as start_roles
 
 
 def test_broadcast_sync_reaches_every_rollout_worker_exactly(ray_cluster, tmp_path):
@@ -15,10 +17,10 @@ def test_broadcast_sync_reaches_every_rollout_worker_exactly(ray_cluster, tmp_pa
                      "learner": {"sync_backend": "broadcast", "sync_bucket_mb": 1.0, "awm": {"num_timesteps": 2}}})
     roles = start_roles(cfg)
     try:
-        batch = generate_and_score(roles, step_requests(prompt_splits(cfg)[0], cfg, 0))
+        batch = generate_and_score(roles.rollout, roles.rewards, step_requests(prompt_splits(cfg)[0], cfg, 0))
         batch.advantages = compute_advantages(batch, cfg)
-        roles.learner.get(roles.learner.scatter("update", [batch], step=0))
-        assert sync_weights(roles, cfg) == 1
+        roles.learner.scatter_async("update", [batch], step=0).results()
+        assert roles.sync.sync() == 1
         learner = roles.learner.run("get_weights")[0].tensors()
         assert len(roles.learner.run("weight_layout")[0].buckets) > 1  # 1 MB buckets: several broadcasts
 

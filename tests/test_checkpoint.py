@@ -11,8 +11,9 @@ import torch
 import yaml
 
 from diffrl.platform import checkpoint as ckpt
-from diffrl.platform.config import RLJobConfig
-from diffrl.platform.rl_loop import new_rendezvous
+from diffrl.kinds.rl.config import RLJobConfig
+from diffrl.platform.runtime import file_rendezvous as new_rendezvous
+from diffrl.utils.rng import capture_rng, restore_rng
 from diffrl.workers.learner import LearnerWorker
 from test_objectives import rollout_batch
 
@@ -39,9 +40,9 @@ def test_flatten_round_trips_nested_state_without_pickle(tmp_path):
 def test_rng_states_round_trip():
     import random
 
-    saved = ckpt.capture_rng()
+    saved = capture_rng()
     expected = (random.random(), float(np.random.rand()), float(torch.rand(1)))
-    ckpt.restore_rng(saved)
+    restore_rng(saved)
     assert (random.random(), float(np.random.rand()), float(torch.rand(1))) == expected
 
 
@@ -82,9 +83,8 @@ def test_commit_is_atomic_and_corruption_is_named(tmp_path):
 
 def _learner(cfg: RLJobConfig, batch, scratch) -> LearnerWorker:
     scratch.mkdir(parents=True, exist_ok=True)
-    worker = LearnerWorker(0, 1, new_rendezvous(scratch), cfg.model.model_dump(), cfg.learner.model_dump(),
-                           len(batch), 1, cfg.rollout.model_dump())
-    worker.setup()
+    worker = LearnerWorker(0, 1, cfg.model.model_dump(), cfg.learner.model_dump(), len(batch), cfg.rollout.model_dump())
+    worker.setup(rendezvous=new_rendezvous(scratch))
     return worker
 
 
@@ -126,7 +126,7 @@ def test_learner_resume_is_bitwise_exact(algorithm, zero_stage, lora, tmp_path):
 
 
 def test_open_run_resume_rules(tmp_path):
-    from diffrl.platform.config import load_job
+    from diffrl.kinds import load_job
     from diffrl.platform.runs import open_run
 
     def job(*overrides):

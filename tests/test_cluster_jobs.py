@@ -28,7 +28,8 @@ import psutil
 import pytest
 
 from diffrl.cluster import jobs
-from diffrl.platform.config import ConfigError, load_job
+from diffrl.kinds import load_job
+from diffrl.platform.config import ConfigError
 
 ROOT = Path(__file__).resolve().parents[1]
 TINY_JOB = str(ROOT / "configs" / "shapes_awm.yaml")
@@ -295,10 +296,12 @@ PLACEMENT_SCRIPT = """
 import json, sys, time
 import ray
 from ray.util.state import list_actors
-from diffrl.cluster.local import connect_ray
-from diffrl.platform.config import load_job
-from diffrl.platform.rl_loop import (compute_advantages, generate_and_score, prompt_splits, start_roles,
-                                     step_requests, sync_weights)
+from diffrl.platform.ray_cluster import connect_ray
+from diffrl.kinds import load_job
+from diffrl.kinds.rl.controller import compute_advantages
+from diffrl.kinds.rl.data import prompt_splits, step_requests
+from diffrl.kinds.rl.scoring import generate_and_score
+from diffrl.kinds.rl.roles import start_rl_roles as start_roles
 from diffrl.platform.worker import split_evenly
 
 job, address, *overrides = sys.argv[1:]
@@ -327,14 +330,14 @@ cfg = load_job(job, overrides + ["learner.num_workers=2", "learner.resources={sl
 roles = start_roles(cfg)
 try:
     train, _ = prompt_splits(cfg)
-    batch = generate_and_score(roles, step_requests(train, cfg, 0))
+    batch = generate_and_score(roles.rollout, roles.rewards, step_requests(train, cfg, 0))
     batch.advantages = compute_advantages(batch, cfg)
     shards = [batch.select(rows) for rows in split_evenly(list(range(len(batch))), 2)]
-    roles.learner.get(roles.learner.scatter("update", shards, step=0))
-    version = sync_weights(roles, cfg)
+    roles.learner.scatter_async("update", shards, step=0).results()
+    version = roles.sync.sync()
     spread = sorted(custom[a.node_id][0] for a in list_actors(address=address, filters=[("state", "=", "ALIVE")])
                     if a.class_name == "LearnerWorker")
-    local_node = roles.local_node
+    local_node = roles.roles.single_node
 finally:
     roles.shutdown()
 print("OUTCOME " + json.dumps({"placed": {k: sorted(v) for k, v in placed.items()}, "error": error,

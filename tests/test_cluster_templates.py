@@ -15,9 +15,9 @@ import pytest
 import yaml
 
 from diffrl.cluster.templates import (
-    KINDS, TemplateError, add_template_command, cluster_shape, pinned_requirements, render_template, resource_pools,
+    KINDS, TemplateError, add_template_command, cluster_shape, pinned_requirements, render_template, job_pools,
 )
-from diffrl.platform.config import load_job
+from diffrl.kinds import load_job
 
 ROOT = Path(__file__).resolve().parents[1]
 GPU_JOB = "configs/templates/sd35m_geneval_flow_grpo.yaml"  # relative: the examples name it so
@@ -41,7 +41,7 @@ def cli(*argv: str) -> int:
 
 def test_roles_and_default_shape_follow_the_job():
     gpu = load_job(GPU_JOB)
-    assert [(d.role, d.workers, d.cpus, d.gpus) for d in resource_pools(gpu)] == [
+    assert [(d.role, d.workers, d.cpus, d.gpus) for d in job_pools(gpu)] == [
         ("rollout", 1, 1.0, 1.0), ("reward0", 1, 0.5, 0.5), ("learner", 1, 1.0, 1.0)]
     shape = cluster_shape(gpu)
     assert (shape.nodes, shape.gpus_per_node, shape.cpus_per_node) == (1, 3, 24)
@@ -49,18 +49,18 @@ def test_roles_and_default_shape_follow_the_job():
     tiny = cluster_shape(load_job(TINY_JOB))
     assert (tiny.nodes, tiny.gpus_per_node, tiny.cpus_per_node) == (1, 0, 8)
     sol = load_job("configs/shapes_sol.yaml")
-    roles = [d.role for d in resource_pools(sol)]
+    roles = [d.role for d in job_pools(sol)]
     assert ("explore" in roles) == (not sol.rollout.sol.colocate)
     colocated = load_job("configs/shapes_sol.yaml", ["rollout.sol.colocate=true"])
-    pools = {d.role: d for d in resource_pools(colocated)}
+    pools = {d.role: d for d in job_pools(colocated)}
     assert "explore" not in pools
     assert pools["rollout+explore"].cpus == colocated.rollout.cpus_per_worker + colocated.rollout.sol.explore_cpus_per_worker
     hybrid = load_job(GPU_JOB, ["ray.colocate=[[rollout, learner]]", "learner.num_workers=2",
                                 "rollout.gpus_per_worker=0.5", "learner.gpus_per_worker=0.5"])
-    assert [(d.role, d.workers, d.gpus) for d in resource_pools(hybrid)] == [
+    assert [(d.role, d.workers, d.gpus) for d in job_pools(hybrid)] == [
         ("reward0", 1, 0.5), ("rollout+learner", 2, 1.0)]
     uneven = load_job(GPU_JOB, ["ray.colocate=[[rollout, learner]]", "rollout.num_workers=4"])
-    shared = resource_pools(uneven)[-1]
+    shared = job_pools(uneven)[-1]
     assert [b["GPU"] for b in shared.bundle_list()] == [2.0, 1.0, 1.0, 1.0]  # learner rank 0 on bundle 0 only
     assert shared.total_gpus == 5.0 and cluster_shape(uneven).total_gpus == 5.5
 

@@ -6,7 +6,9 @@ from pathlib import Path
 
 import pytest
 
-from diffrl.platform.config import ConfigError, RLJobConfig, apply_overrides, load_job, parse_job
+from diffrl.kinds import load_job, parse_job
+from diffrl.kinds.rl.config import RLJobConfig
+from diffrl.platform.config import ConfigError, apply_overrides
 
 REPO = Path(__file__).resolve().parents[1]
 DEFAULT_JOB = REPO / "configs" / "shapes_awm.yaml"
@@ -49,7 +51,7 @@ def test_cli_exits_2_and_writes_nothing(tmp_path):
     job.write_text(DEFAULT_JOB.read_text() + "\nbogus_section: {a: 1}\n")
     out_dir = tmp_path / "runs"
     proc = subprocess.run(
-        [sys.executable, "-m", "diffrl.platform.cli", "run", str(job), f"output_dir={out_dir}",
+        [sys.executable, "-m", "diffrl.cli", "run", str(job), f"output_dir={out_dir}",
          "rollout.group_size=0"],
         capture_output=True, text=True, cwd=tmp_path, timeout=120,
     )
@@ -72,7 +74,7 @@ def test_every_shipped_job_file_validates(path):
 
 
 def test_prompt_files_and_their_errors(tmp_path):
-    from diffrl.platform.rl_loop import read_prompt_file
+    from diffrl.kinds.rl.data import read_prompt_file
 
     good = tmp_path / "p.jsonl"
     good.write_text('{"tag": "counting", "include": [{"class": "apple", "count": 3}], "prompt": "three apples"}\n\n')

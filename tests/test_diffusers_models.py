@@ -9,8 +9,8 @@ import torch
 from diffrl.models.diffusers_t2i import DiffusersT2I
 from diffrl.models.registry import build_model
 from diffrl.models.tiny_pipelines import build_tiny_pipeline
-from diffrl.platform.config import parse_job
-from diffrl.platform.rl_loop import run_rl
+from diffrl.kinds import parse_job
+from diffrl.kinds import run_job
 
 
 @pytest.fixture(scope="module")
@@ -41,7 +41,7 @@ def job(family: str, path: Path, out: Path, algorithm: str, sampler: str, lora: 
 ])
 def test_tiny_pipeline_runs_an_rl_step(pipelines, tmp_path, family, algorithm, sampler, lora):
     cfg = parse_job(job(family, pipelines[family], tmp_path, algorithm, sampler, lora))
-    summary = run_rl(cfg, echo=lambda _: None)
+    summary = run_job(cfg, echo=lambda _: None)
     records = [json.loads(line) for line in (Path(summary["run_dir"]) / "metrics.jsonl").read_text().splitlines()]
     step = next(r for r in records if "train/loss" in r)
     assert all(torch.isfinite(torch.tensor(v)) for k, v in step.items() if k.startswith("train/"))

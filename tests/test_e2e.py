@@ -12,8 +12,8 @@ import torch
 from safetensors.torch import load_file
 
 from diffrl.models.tiny_t2i import TinyT2I
-from diffrl.platform.config import load_job
-from diffrl.platform.rl_loop import run_rl
+from diffrl.kinds import load_job
+from diffrl.kinds import run_job
 
 REPO = Path(__file__).resolve().parents[1]
 FAST = ["trainer.steps=2", "rollout.prompts_per_step=2", "rollout.group_size=4", "trainer.eval_seeds_per_prompt=1",
@@ -51,7 +51,7 @@ def check_run(run_dir: Path) -> list[dict]:
 def test_cli_run_on_ray(tmp_path):
     env = dict(os.environ, PYTHONUNBUFFERED="1")
     proc = subprocess.run(
-        [sys.executable, "-m", "diffrl.platform.cli", "run", str(REPO / "configs/shapes_awm.yaml"),
+        [sys.executable, "-m", "diffrl.cli", "run", str(REPO / "configs/shapes_awm.yaml"),
          f"output_dir={tmp_path}", *FAST],
         capture_output=True, text=True, timeout=600, env=env, cwd=tmp_path,
     )
@@ -63,8 +63,8 @@ def test_cli_run_on_ray(tmp_path):
 
 def test_local_backend_run_and_no_overwrite(tmp_path):
     cfg = load_job(REPO / "configs/shapes_awm.yaml", [*FAST, f"output_dir={tmp_path}", "backend=local"])
-    first = run_rl(cfg, echo=lambda _: None)
-    second = run_rl(cfg, echo=lambda _: None)
+    first = run_job(cfg, echo=lambda _: None)
+    second = run_job(cfg, echo=lambda _: None)
     assert Path(first["run_dir"]).name == "shapes_awm" and Path(second["run_dir"]).name == "shapes_awm_2"
     check_run(Path(first["run_dir"]))
 
@@ -73,5 +73,5 @@ def test_local_backend_run_and_no_overwrite(tmp_path):
 def test_demo_raises_heldout_reward(tmp_path):
     """The embedded default's promise: +0.15 held-out strict GenEval-shapes within the demo budget."""
     cfg = load_job(REPO / "configs/shapes_awm.yaml", [f"output_dir={tmp_path}"])
-    summary = run_rl(cfg)
+    summary = run_job(cfg)
     assert summary["final"] - summary["base"] >= 0.15

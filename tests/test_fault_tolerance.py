@@ -11,9 +11,11 @@ import psutil
 import ray
 import torch
 
-from diffrl.platform.config import load_job
-from diffrl.platform.rl_loop import (compute_advantages, generate_and_score, prompt_splits, start_roles, step_requests,
-                                     sync_weights)
+from diffrl.kinds import load_job
+from diffrl.kinds.rl.controller import compute_advantages
+from diffrl.kinds.rl.data import prompt_splits, step_requests
+from diffrl.kinds.rl.scoring import generate_and_score
+from diffrl.kinds.rl.roles import start_rl_roles as start_roles
 
 JOB = "configs/shapes_awm.yaml"
 
@@ -53,17 +55,17 @@ def test_killed_rollout_and_reward_workers_lose_and_duplicate_nothing(ray_cluste
     roles = start_roles(cfg)
     try:
         # One real update first, so a restarted worker must receive trained weights (not the base it loads itself).
-        first = generate_and_score(roles, step_requests(train, cfg, 0))
+        first = generate_and_score(roles.rollout, roles.rewards, step_requests(train, cfg, 0))
         first.advantages = compute_advantages(first, cfg)
-        roles.learner.get(roles.learner.scatter("update", [first], step=0))
-        assert sync_weights(roles, cfg) == 1
+        roles.learner.scatter_async("update", [first], step=0).results()
+        assert roles.sync.sync() == 1
 
         requests = step_requests(train, cfg, 1)
-        clean = generate_and_score(roles, requests)
+        clean = generate_and_score(roles.rollout, roles.rewards, requests)
         killed: list[int] = []
         watchers = [kill_when_busy(roles.rollout, "RolloutWorker.generate", killed),
                     kill_when_busy(roles.rewards[0], "RewardWorker.score", killed)]
-        faulty = generate_and_score(roles, requests)
+        faulty = generate_and_score(roles.rollout, roles.rewards, requests)
         for watcher in watchers:
             watcher.join(timeout=5)
         assert len(killed) == 2, "both kills must land while a shard was in flight"
@@ -83,7 +85,7 @@ def test_killed_rollout_and_reward_workers_lose_and_duplicate_nothing(ray_cluste
         os.kill(idle, signal.SIGKILL)
         with contextlib.suppress(psutil.NoSuchProcess):
             psutil.Process(idle).wait(timeout=30)  # gone before the next call
-        again = generate_and_score(roles, requests)
+        again = generate_and_score(roles.rollout, roles.rewards, requests)
         assert roles.rollout.restarts[1] >= 1 and sum(roles.rollout.restarts) == 2
         assert (again.images == clean.images).all() and torch.equal(again.rewards, clean.rewards)
     finally:
@@ -99,7 +101,7 @@ def test_a_worker_past_its_restarts_fails_with_its_name(ray_cluster):
         killed: list[int] = []
         watcher = kill_when_busy(roles.rollout, "RolloutWorker.generate", killed)
         try:
-            generate_and_score(roles, step_requests(train, cfg, 0))
+            generate_and_score(roles.rollout, roles.rewards, step_requests(train, cfg, 0))
         except Exception as err:  # noqa: BLE001
             assert "rollout worker 0 died: no restarts left (0 allowed" in str(err)
         else:
@@ -119,16 +121,16 @@ def test_restart_under_broadcast_sync_forms_the_group_again(ray_cluster):
     train, _ = prompt_splits(cfg)
     roles = start_roles(cfg)
     try:
-        assert roles.channel_generation == 1
+        assert roles.sync.channel_generation == 1
         killed: list[int] = []
         watcher = kill_when_busy(roles.rollout, "RolloutWorker.generate", killed)
-        batch = generate_and_score(roles, step_requests(train, cfg, 0))
+        batch = generate_and_score(roles.rollout, roles.rewards, step_requests(train, cfg, 0))
         watcher.join(timeout=5)
-        assert killed and sum(roles.rollout.restarts) == 1 and roles.channel_stale
+        assert killed and sum(roles.rollout.restarts) == 1 and roles.sync.channel_stale
         batch.advantages = compute_advantages(batch, cfg)
-        roles.learner.get(roles.learner.scatter("update", [batch], step=0))
-        assert sync_weights(roles, cfg) == 1
-        assert roles.channel_generation == 2 and not roles.channel_stale
+        roles.learner.scatter_async("update", [batch], step=0).results()
+        assert roles.sync.sync() == 1
+        assert roles.sync.channel_generation == 2 and not roles.sync.channel_stale
         assert [h["weight_version"] for h in roles.rollout.run("health")] == [1, 1]
         # Both workers now sample identically from the broadcast weights: the same request gives the same image.
         request = step_requests(train, cfg, 1)[:1]

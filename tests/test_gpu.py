@@ -7,8 +7,8 @@ import torch
 from safetensors.torch import load_file
 
 from diffrl.models.tiny_t2i import TinyT2I
-from diffrl.platform.config import load_job
-from diffrl.platform.rl_loop import run_rl
+from diffrl.kinds import load_job
+from diffrl.kinds import run_job
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -19,7 +19,7 @@ def test_rl_steps_on_gpu(tmp_path):
         "trainer.steps=2", "rollout.prompts_per_step=2", "rollout.group_size=4", "trainer.eval_seeds_per_prompt=1",
         f"output_dir={tmp_path}", "rollout.gpus_per_worker=0.5", "learner.gpus_per_worker=0.5",
     ])
-    summary = run_rl(cfg, echo=lambda _: None)
+    summary = run_job(cfg, echo=lambda _: None)
     assert torch.isfinite(torch.tensor([summary["base"], summary["final"]])).all()
     final = load_file(summary["weights"])
     base = TinyT2I.from_pretrained("builtin:shapes_base").denoiser.state_dict()
@@ -30,7 +30,7 @@ def test_rl_steps_on_gpu(tmp_path):
 def test_low_precision_explore_copy_on_gpu():
     """nvfp4 with quant_backend auto: transformer-engine's NVFP4 block scaling on 10.x, emulated elsewhere; the copy
     runs and differs from full precision."""
-    from diffrl.platform.config import RLJobConfig
+    from diffrl.kinds.rl.config import RLJobConfig
     from diffrl.workers.batch import SampleRequest
     from diffrl.workers.rollout import RolloutWorker
 

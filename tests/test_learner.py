@@ -4,9 +4,9 @@ import pytest
 import torch
 
 from diffrl.algorithms.advantages import group_advantages
-from diffrl.platform.config import RLJobConfig
+from diffrl.kinds.rl.config import RLJobConfig
 from diffrl.platform.ray_backend import RayBackend, ResourcePool
-from diffrl.platform.rl_loop import new_rendezvous
+from diffrl.platform.runtime import file_rendezvous as new_rendezvous
 from diffrl.platform.worker import LocalBackend, Placement, WorkerGroup, split_evenly
 from diffrl.workers.batch import SampleRequest
 from diffrl.workers.learner import LearnerWorker
@@ -37,13 +37,13 @@ def run_learners(cfg: RLJobConfig, batch, scratch, backend_pool=None):
     n = cfg.learner.num_workers
     scratch.mkdir(parents=True, exist_ok=True)
     rendezvous = new_rendezvous(scratch)
-    args = [(r, n, rendezvous, cfg.model.model_dump(), cfg.learner.model_dump(), len(batch) // n) for r in range(n)]
+    args = [(r, n, cfg.model.model_dump(), cfg.learner.model_dump(), len(batch) // n) for r in range(n)]
     backend = RayBackend(backend_pool) if backend_pool else LocalBackend()
     group = WorkerGroup(backend, LearnerWorker, args, Placement(num_cpus=1), "learner")
     try:
-        group.run("setup")
+        group.run("setup", rendezvous=rendezvous)
         shards = [batch.select(rows) for rows in split_evenly(list(range(len(batch))), n)]
-        metrics = group.get(group.scatter("update", shards, step=0))
+        metrics = group.scatter_async("update", shards, step=0).results()
         weights = [payload.tensors() for payload in group.run("get_weights")]
         return metrics, weights
     finally:
@@ -109,24 +109,24 @@ def test_two_rank_zero2_resume_is_bitwise_exact(ray_cluster, batch, tmp_path):
 
     def learners(scratch):
         scratch.mkdir(parents=True)
-        args = [(r, 2, new_rendezvous(scratch), cfg.model.model_dump(), cfg.learner.model_dump(), 4) for r in range(2)]
+        args = [(r, 2, cfg.model.model_dump(), cfg.learner.model_dump(), 4) for r in range(2)]
         group = WorkerGroup(RayBackend(pool), LearnerWorker, args, Placement(num_cpus=1), "learner")
-        group.run("setup")
+        group.run("setup", rendezvous=new_rendezvous(scratch))
         return group
 
     try:
         first = learners(tmp_path / "a")
         for step in (0, 1):
-            first.get(first.scatter("update", shards, step=step))
+            first.scatter_async("update", shards, step=step).results()
         for rank, state in enumerate(first.run("state_dict")):
             ckpt.write_state(state, tmp_path, f"rank{rank}")
-        first.get(first.scatter("update", shards, step=2))
+        first.scatter_async("update", shards, step=2).results()
         expected = [p.tensors() for p in first.run("get_weights")]
         first.shutdown()
 
         second = learners(tmp_path / "b")
         second.get([second.call(rank, "load_state_dict", ckpt.read_state(tmp_path, f"rank{rank}")) for rank in (0, 1)])
-        second.get(second.scatter("update", shards, step=2))
+        second.scatter_async("update", shards, step=2).results()
         got = [p.tensors() for p in second.run("get_weights")]
         second.shutdown()
     finally:

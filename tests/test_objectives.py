@@ -4,8 +4,8 @@ import pytest
 import torch
 
 from diffrl.algorithms.advantages import group_advantages
-from diffrl.platform.config import RLJobConfig
-from diffrl.platform.rl_loop import new_rendezvous
+from diffrl.kinds.rl.config import RLJobConfig
+from diffrl.platform.runtime import file_rendezvous as new_rendezvous
 from diffrl.platform.worker import LocalBackend, Placement, WorkerGroup
 from diffrl.workers.batch import SampleRequest
 from diffrl.workers.learner import LearnerWorker
@@ -36,13 +36,12 @@ def rollout_batch(cfg: RLJobConfig):
 
 def learner_step(cfg: RLJobConfig, batch, scratch):
     scratch.mkdir(parents=True, exist_ok=True)
-    args = [(0, 1, new_rendezvous(scratch), cfg.model.model_dump(), cfg.learner.model_dump(), len(batch), 1,
-             cfg.rollout.model_dump())]
+    args = [(0, 1, cfg.model.model_dump(), cfg.learner.model_dump(), len(batch), cfg.rollout.model_dump())]
     group = WorkerGroup(LocalBackend(), LearnerWorker, args, Placement(num_cpus=1), "learner")
     try:
-        group.run("setup")
+        group.run("setup", rendezvous=new_rendezvous(scratch))
         before = {k: v.clone() for k, v in group.run("get_weights")[0].tensors().items()}
-        metrics = group.get(group.scatter("update", [batch], step=0))[0]
+        metrics = group.scatter_async("update", [batch], step=0).results()[0]
         payload = group.run("get_weights")[0]
         return metrics, before, payload.tensors(), payload.version
     finally:
@@ -121,12 +120,12 @@ def test_eval_ema_weights_lag_the_live_weights(tmp_path):
     _, batch = rollout_batch(cfg)
     scratch = tmp_path / "ema"
     scratch.mkdir()
-    args = [(0, 1, new_rendezvous(scratch), cfg.model.model_dump(), cfg.learner.model_dump(), 8, 1, None)]
+    args = [(0, 1, cfg.model.model_dump(), cfg.learner.model_dump(), 8, None)]
     group = WorkerGroup(LocalBackend(), LearnerWorker, args, Placement(num_cpus=1), "learner")
     try:
-        group.run("setup")
+        group.run("setup", rendezvous=new_rendezvous(scratch))
         before = {k: v.clone() for k, v in group.run("get_weights")[0].tensors().items()}
-        group.get(group.scatter("update", [batch], step=0))
+        group.scatter_async("update", [batch], step=0).results()
         live = group.run("get_weights")[0].tensors()
         ema = group.get([group.call(0, "get_weights", ema=True)])[0].tensors()
     finally:
@@ -140,11 +139,12 @@ def test_lora_sync_moves_only_adapters_in_buckets_and_matches_the_learner(tmp_pa
     cfg.model.lora.enabled = True
     cfg.learner.sync_bucket_mb = 0.01  # 10 KiB buckets: several buckets, far fewer than tensors
     worker, batch = rollout_batch(cfg)
-    args = [(0, 1, new_rendezvous(tmp_path), cfg.model.model_dump(), cfg.learner.model_dump(), 8, 1, None)]
+    args = [(0, 1, cfg.model.model_dump(), cfg.learner.model_dump(), 8, None)]
+    scratch = tmp_path
     group = WorkerGroup(LocalBackend(), LearnerWorker, args, Placement(num_cpus=1), "learner")
     try:
-        group.run("setup")
-        group.get(group.scatter("update", [batch], step=0))
+        group.run("setup", rendezvous=new_rendezvous(scratch))
+        group.scatter_async("update", [batch], step=0).results()
         learner = group.handles[0]
         payload = learner.get_weights()
         assert payload.slots and all("lora_" in slot.name for slot in payload.slots)

@@ -4,8 +4,12 @@ bundle i (the hybrid layout verl calls a shared resource pool), and an RL step r
 import pytest
 import ray
 
-from diffrl.platform.config import ConfigError, load_job
-from diffrl.platform.rl_loop import compute_advantages, generate_and_score, prompt_splits, start_roles, step_requests, sync_weights
+from diffrl.kinds import load_job
+from diffrl.platform.config import ConfigError
+from diffrl.kinds.rl.controller import compute_advantages
+from diffrl.kinds.rl.data import prompt_splits, step_requests
+from diffrl.kinds.rl.scoring import generate_and_score
+from diffrl.kinds.rl.roles import start_rl_roles as start_roles
 
 JOB = "configs/shapes_awm.yaml"
 
@@ -26,17 +30,17 @@ def test_rollout_and_learner_share_one_pool(ray_cluster):
         groups = {ray.get(h.__ray_call__.remote(where)) for h in [*roles.rollout.handles, *roles.learner.handles]}
         assert groups == {shared.group.id.hex()}
         train, _ = prompt_splits(cfg)
-        batch = generate_and_score(roles, step_requests(train, cfg, 0))
+        batch = generate_and_score(roles.rollout, roles.rewards, step_requests(train, cfg, 0))
         batch.advantages = compute_advantages(batch, cfg)
         shards = [batch.select(list(range(0, 4))), batch.select(list(range(4, 8)))]
-        roles.learner.get(roles.learner.scatter("update", shards, step=0))
-        assert sync_weights(roles, cfg) == 1
+        roles.learner.scatter_async("update", shards, step=0).results()
+        assert roles.sync.sync() == 1
     finally:
         roles.shutdown()
 
 
 @pytest.mark.parametrize("groups,message", [
-    ("[[rollout, critic]]", r"unknown role\(s\) \['critic'\]; this job's roles are \['rollout', 'learner', 'reward0'\]"),
+    ("[[rollout, critic]]", r"unknown role\(s\) \['critic'\]; this job's roles are \['rollout', 'reward0', 'learner'\]"),
     ("[[rollout]]", "each group needs two or more roles"),
     ("[[rollout, learner], [learner, reward0]]", "each role in one group only"),
 ])

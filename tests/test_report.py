@@ -13,7 +13,8 @@ from pathlib import Path
 
 from PIL import Image, ImageDraw
 
-from diffrl.platform.report_html import add_report_command, moving_average, task_tags, write_report
+from diffrl.platform.report_html import add_report_command, write_report
+from diffrl.platform.report_plots import moving_average, task_tags
 
 CHROMIUM = Path("/usr/bin/chromium")
 TAGS = ["single_object", "two_object", "counting", "colors", "position", "color_attr"]

@@ -28,7 +28,7 @@ FAST = ["trainer.steps=6", "trainer.checkpoint_every=2", "rollout.prompts_per_st
 
 def diffrl(*args: str, cwd: Path, **popen) -> subprocess.Popen:
     env = dict(os.environ, PYTHONUNBUFFERED="1")
-    return subprocess.Popen([sys.executable, "-m", "diffrl.platform.cli", *args], cwd=cwd, env=env,
+    return subprocess.Popen([sys.executable, "-m", "diffrl.cli", *args], cwd=cwd, env=env,
                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, **popen)
 
 

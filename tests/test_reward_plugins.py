@@ -104,7 +104,7 @@ def test_serve_reward_cli_serves_over_loopback(tmp_path):
     with socket.socket() as probe:
         probe.bind(("127.0.0.1", 0))
         port = probe.getsockname()[1]
-    process = subprocess.Popen([sys.executable, "-m", "diffrl.platform.cli", "serve-reward", EXAMPLE, "--port",
+    process = subprocess.Popen([sys.executable, "-m", "diffrl.cli", "serve-reward", EXAMPLE, "--port",
                                 str(port), "--kwargs", '{"target": 0.3}'], stdout=subprocess.PIPE, text=True)
     try:
         line = process.stdout.readline()
@@ -122,6 +122,6 @@ def test_serve_reward_cli_serves_over_loopback(tmp_path):
     finally:
         process.terminate()
         process.wait(timeout=10)
-    bad = subprocess.run([sys.executable, "-m", "diffrl.platform.cli", "serve-reward", EXAMPLE, "--host", "0.0.0.0"],
+    bad = subprocess.run([sys.executable, "-m", "diffrl.cli", "serve-reward", EXAMPLE, "--host", "0.0.0.0"],
                          capture_output=True, text=True, timeout=60)
     assert bad.returncode == 2 and "without a shared token" in bad.stderr

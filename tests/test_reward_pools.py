@@ -8,7 +8,7 @@ import numpy as np
 import ray
 
 from diffrl.platform.ray_backend import RayBackend, ResourcePool
-from diffrl.platform.rl_loop import _submit_scores
+from diffrl.kinds.rl.scoring import score_async
 from diffrl.platform.worker import Placement, WorkerGroup
 from diffrl.rewards.base import RewardOutput
 from diffrl.workers.batch import RolloutBatch
@@ -35,13 +35,12 @@ def test_killed_reward_replica_is_restarted_and_every_score_arrives_once(ray_clu
     group = WorkerGroup(RayBackend(pool), RewardWorker, [([spec],)] * 2, Placement(0.5, max_restarts=2), "reward")
     try:
         group.run("setup")
-        group.restore = lambda g, rank: g.get([g.call(rank, "setup")])
         before = [h["incarnation"] for h in group.run("health")]
         group.note_health(group.run("health"))
-        calls, futures = _submit_scores(group, batch)
+        pending = score_async(group, batch)
         time.sleep(0.7)
         ray.kill(group.handles[0], no_restart=False)  # dies mid-batch; Ray restarts it, the group re-sends its call
-        out = RewardOutput.concat(group.gather(calls, futures))
+        out = RewardOutput.concat(pending.results())
         assert out.scores == expected
         assert out.details[FIXTURE + "/prompt"] == batch.prompts  # each row answered exactly once, in order
         assert group.restarts == [1, 0]

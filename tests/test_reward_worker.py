@@ -6,7 +6,7 @@ import time
 import numpy as np
 import pytest
 
-from diffrl.models.shapes_world import all_prompts, render_prompt
+from diffrl.envs.shapes import all_prompts, render_prompt
 from diffrl.rewards.base import RewardError, RewardOutput
 from diffrl.workers.reward import RewardWorker
 

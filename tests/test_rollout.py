@@ -2,8 +2,8 @@
 
 import torch
 
-from diffrl.platform.config import RLJobConfig
-from diffrl.platform.weight_sync import pack
+from diffrl.kinds.rl.config import RLJobConfig
+from diffrl.utils.weight_sync import pack
 from diffrl.workers.batch import RolloutBatch, SampleRequest
 from diffrl.workers.rollout import RolloutWorker
 

@@ -8,8 +8,8 @@ from pathlib import Path
 
 import psutil
 
-from diffrl.platform.config import load_job
-from diffrl.platform.rl_loop import start_roles
+from diffrl.kinds import load_job
+from diffrl.kinds.rl.roles import start_rl_roles as start_roles
 
 REPO = Path(__file__).resolve().parents[1]
 SHIPPED = [REPO / "diffrl", REPO / "benchmarks", REPO / "examples"]

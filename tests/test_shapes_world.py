@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 from scipy.ndimage import uniform_filter
 
-from diffrl.models import shapes_world as world
+from diffrl.envs import shapes as world
 from diffrl.rewards.base import build_reward, validate_reward_output
 from diffrl.rewards.geneval import Detection, relative_position
 from diffrl.rewards.shapes_detector import ShapesColorClassifier, ShapesDetector

@@ -11,9 +11,13 @@ from diffrl.algorithms.nvfp4 import fake_quantize
 from diffrl.algorithms.sol import kendall_tau, select_seeds, spearman_rho, top_k_agreement
 from diffrl.models.low_precision import is_quantized, quantize_linears
 from diffrl.models.registry import apply_lora, build_model
-from diffrl.platform.config import RLJobConfig, parse_job
-from diffrl.platform.rl_loop import compute_advantages, run_rl, sol_batch, start_roles
-from diffrl.platform.weight_sync import pack
+from diffrl.kinds import parse_job
+from diffrl.kinds.rl.config import RLJobConfig
+from diffrl.kinds.rl.controller import compute_advantages
+from diffrl.kinds.rl.sol import sol_batch
+from diffrl.kinds.rl.roles import start_rl_roles as start_roles
+from diffrl.kinds import run_job
+from diffrl.utils.weight_sync import pack
 from diffrl.workers.batch import SampleRequest
 from diffrl.workers.rollout import RolloutWorker
 
@@ -108,10 +112,10 @@ def test_sol_step_advantages_use_regenerated_rewards_only(tmp_path):
                      "learner": {"awm": {"num_timesteps": 2}}})
     roles = start_roles(cfg)
     try:
-        from diffrl.platform.rl_loop import prompt_splits
+        from diffrl.kinds.rl.data import prompt_splits
 
         times: dict = {}
-        batch, metrics = sol_batch(cfg, roles, prompt_splits(cfg)[0], step=0, times=times)
+        batch, metrics = sol_batch(cfg, roles.rollout, roles.explore, roles.rewards, prompt_splits(cfg)[0], step=0, times=times)
     finally:
         roles.shutdown()
     assert len(batch) == 8 and set(times) == {"time/explore", "time/regenerate", "time/audit", "time/reward"}
@@ -135,7 +139,7 @@ def test_sol_job_runs_end_to_end(tmp_path, algorithm, sampler):
                                  "sampler": sampler, "sol": {"pool_size": 8, "explore_steps": 4}},
                      "learner": {"algorithm": algorithm, "awm": {"num_timesteps": 2}, "nft": {"num_timesteps": 2}},
                      "trainer": {"steps": 2, "eval_seeds_per_prompt": 1}})
-    summary = run_rl(cfg, echo=lambda _: None)
+    summary = run_job(cfg, echo=lambda _: None)
     run_dir = Path(summary["run_dir"])
     records = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
     steps = [r for r in records if "train/loss" in r]
@@ -162,7 +166,7 @@ def test_colocated_explore_workers_share_the_rollout_bundles(ray_cluster, tmp_pa
         rollout_pg = ray.get(roles.rollout.handles[0].__ray_call__.remote(where))
         explore_pg = ray.get(roles.explore.handles[0].__ray_call__.remote(where))
         assert rollout_pg == explore_pg
-        batch, metrics = sol_batch(cfg, roles, [{"prompt": "a photo of a red circle", "tag": "colors",
+        batch, metrics = sol_batch(cfg, roles.rollout, roles.explore, roles.rewards, [{"prompt": "a photo of a red circle", "tag": "colors",
                                                  "include": [{"class": "circle", "count": 1, "color": "red"}]}] * 2,
                                    step=0, times={})
         assert len(batch) == 8 and "sol/kendall_tau" in metrics
@@ -173,9 +177,9 @@ def test_colocated_explore_workers_share_the_rollout_bundles(ray_cluster, tmp_pa
 @pytest.mark.slow
 def test_sol_rl_raises_held_out_reward(tmp_path):
     """configs/shapes_sol.yaml for 30 steps (about 7 minutes on 2 cores): NVFP4 exploration, regeneration, AWM."""
-    from diffrl.platform.config import load_job
+    from diffrl.kinds import load_job
 
     cfg = load_job(Path(__file__).resolve().parents[1] / "configs/shapes_sol.yaml",
                    ["trainer.steps=30", "trainer.eval_every=0", f"output_dir={tmp_path}"])
-    summary = run_rl(cfg, echo=lambda _: None)
+    summary = run_job(cfg, echo=lambda _: None)
     assert summary["final"] - summary["base"] >= 0.05

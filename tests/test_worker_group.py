@@ -43,7 +43,7 @@ def test_split_evenly():
 def _check_group(group: WorkerGroup) -> None:
     group.run("setup")
     shards = [[i, i + 100] for i in range(7)]  # more shards than workers: round robin
-    results = group.get(group.scatter("work", shards, scale=2))
+    results = group.scatter_async("work", shards, scale=2).results()
     assert [r["values"] for r in results] == [[2 * i, 2 * (i + 100)] for i in range(7)]
     assert [r["rank"] for r in results] == [i % len(group) for i in range(7)]
     states = group.run("state_dict")

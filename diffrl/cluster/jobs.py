@@ -2,7 +2,7 @@
 
 `submit_job` validates the job before it contacts the cluster, then stages a temporary working directory with the
 resolved job as `job.yaml` (plus copies of the prompt files it names, under `data/`) and submits
-`python -m diffrl.platform.cli run job.yaml` with a runtime env that ships this installation's `diffrl` package
+`python -m diffrl.cli run job.yaml` with a runtime env that ships this installation's `diffrl` package
 (py_modules: the cluster runs exactly the submitter's code), optional pinned pip requirements, and offline defaults.
 Everything else a job names — `model.path`, reward kwargs such as detector paths, `output_dir` — must already be
 reachable from the cluster's nodes (shared storage or the image).
@@ -44,12 +44,12 @@ from pathlib import Path
 from typing import Any, Callable, TextIO
 
 import diffrl
-from diffrl.platform.config import ConfigError, dump_job, load_job
+from diffrl.kinds import kind_of, load_job
+from diffrl.platform.config import ConfigError, dump_job
 
 DEFAULT_DASHBOARD = "http://127.0.0.1:8265"
-ENTRYPOINT = "python -m diffrl.platform.cli run job.yaml"
+ENTRYPOINT = "python -m diffrl.cli run job.yaml"
 TERMINAL_STATES = ("SUCCEEDED", "FAILED", "STOPPED")
-PROMPT_FILE_KEYS = ("train_file", "eval_file")
 
 
 class JobsError(RuntimeError):
@@ -112,21 +112,26 @@ def _on_job(address: str, job_id: str, call: Callable[[Any], Any]) -> Any:
 
 
 def portable_job(cfg: Any, data_dir: str) -> tuple[str, dict[str, Path]]:
-    """The resolved job as YAML, ready to run elsewhere: its prompt files renamed to `data_dir/train.jsonl` (or
-    .txt) and `data_dir/eval.*`, and `ray.address` cleared (inside a Ray job RAY_ADDRESS names the cluster).
-    Returns the YAML and {new file name: the local file to copy there}."""
+    """The resolved job as YAML, ready to run elsewhere: the input files its kind names (`JobKind.files`, e.g. the
+    RL prompt files data.train_file -> `data_dir/train.jsonl`) renamed under `data_dir`, and `ray.address` cleared
+    (inside a Ray job RAY_ADDRESS names the cluster). Returns the YAML and {new file name: the local file to copy
+    there}."""
     copies: dict[str, Path] = {}
-    renamed: dict[str, str] = {}
-    for key in PROMPT_FILE_KEYS:
-        value = getattr(cfg.data, key)
+    portable = _with_value(cfg, "ray.address", None)
+    for key, value in kind_of(cfg).files(cfg).items():
         if value and Path(value).is_file():
-            name = key.removesuffix("_file") + Path(value).suffix
+            name = key.rpartition(".")[2].removesuffix("_file") + Path(value).suffix
             copies[name] = Path(value)
-            renamed[key] = f"{data_dir.rstrip('/')}/{name}"
-    # model_copy skips validation: the renamed files exist only where the job will run.
-    portable = cfg.model_copy(update={"data": cfg.data.model_copy(update=renamed),
-                                      "ray": cfg.ray.model_copy(update={"address": None})})
+            portable = _with_value(portable, key, f"{data_dir.rstrip('/')}/{name}")
     return dump_job(portable), copies
+
+
+def _with_value(section: Any, dotted: str, value: Any) -> Any:
+    """A copy of a config with the value at `dotted` replaced. model_copy skips validation: a renamed file exists
+    only where the job will run."""
+    head, _, rest = dotted.partition(".")
+    new = _with_value(getattr(section, head), rest, value) if rest else value
+    return section.model_copy(update={head: new})
 
 
 def stage_job(cfg: Any, staging: Path) -> Path:

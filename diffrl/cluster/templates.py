@@ -25,7 +25,9 @@ from typing import Any
 import yaml
 
 from diffrl.cluster.jobs import portable_job
-from diffrl.platform.config import ConfigError, RoleDemand, load_job, resource_pools
+from diffrl.kinds import kind_of, load_job
+from diffrl.platform.config import ConfigError
+from diffrl.platform.roles import PoolSpec, resource_pools
 
 TEMPLATES = Path(__file__).parent / "templates"
 KINDS = {"kuberay": "kuberay.yaml", "slurm": "slurm.sh", "ray-up": "ray-up.yaml"}
@@ -67,10 +69,15 @@ class ClusterShape:
     summary: str
 
 
+def job_pools(cfg: Any) -> list[PoolSpec]:
+    """The resource pools the runtime will place for this job (from its kind's roles and ray.colocate)."""
+    return resource_pools(kind_of(cfg).roles(cfg), cfg.ray.colocate)
+
+
 def cluster_shape(cfg: Any, nodes: int | None = None, gpus_per_node: int | None = None,
                   cpus_per_node: int | None = None) -> ClusterShape:
     """Size the worker nodes from the job's roles; explicit values are checked against what the job needs."""
-    demands = resource_pools(cfg)
+    demands = job_pools(cfg)
     total_gpus = sum(d.total_gpus for d in demands)
     total_cpus = sum(d.total_cpus for d in demands)
     summary = (f"{total_gpus:g} GPU(s) and {total_cpus:g} CPU(s) for Ray: "
@@ -97,7 +104,7 @@ def cluster_shape(cfg: Any, nodes: int | None = None, gpus_per_node: int | None 
                         summary)
 
 
-def _notes(cfg: Any, demands: list[RoleDemand]) -> str:
+def _notes(cfg: Any, demands: list[PoolSpec]) -> str:
     """Comment lines for what the template cannot settle itself."""
     lines = []
     custom = sorted({key for d in demands for key in d.resources})
@@ -189,7 +196,7 @@ def render_template(kind: str, cfg: Any, *, job_file: str, image: str = DEFAULT_
     values: dict[str, Any] = {
         "command": command, "name": cfg.name, "k8s_name": _k8s_name(cfg.name),
         "job_file": job_file, "job_path": shlex.quote(job_file), "summary": shape.summary,
-        "notes": _notes(cfg, resource_pools(cfg)), "nodes": shape.nodes, "gpus_per_node": shape.gpus_per_node,
+        "notes": _notes(cfg, job_pools(cfg)), "nodes": shape.nodes, "gpus_per_node": shape.gpus_per_node,
         "cpus_per_node": shape.cpus_per_node, "memory_gib": shape.memory_gib,
         "dashboard_host": "0.0.0.0" if open_dashboard else "127.0.0.1",
         **KIND_VALUES[kind](cfg, shape, image, provider),

@@ -44,7 +44,7 @@ def build_model_from_config(model_cfg: dict[str, Any]) -> ModelAdapter:
 
 def shapes_vocabulary() -> list[str]:
     """Every word of the shapes world's captions, sorted (the tiny model's word-level vocabulary)."""
-    from diffrl.models.shapes_world import all_prompts
+    from diffrl.envs.shapes import all_prompts
 
     return sorted({word for entry in all_prompts() for word in entry["prompt"].lower().split()})
 

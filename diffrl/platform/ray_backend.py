@@ -57,13 +57,6 @@ def _describe_nodes() -> str:
     return f"{len(nodes)} node(s): " + "; ".join(parts)
 
 
-def driver_node_only() -> bool:
-    """True when the Ray cluster is one node and this process (the driver) runs on it: files in the driver's temp
-    dir are then visible to every worker and loopback reaches every one of them."""
-    alive = [n for n in ray.nodes() if n.get("Alive")]
-    return len(alive) == 1 and alive[0]["NodeID"] == ray.get_runtime_context().get_node_id()
-
-
 class RayBackend:
     """Creates each group's actors on the bundles of one ResourcePool."""
 
@@ -81,6 +74,7 @@ class RayBackend:
                 num_cpus=placement.num_cpus,
                 num_gpus=placement.num_gpus,
                 resources=placement.resources or None,
+                runtime_env=placement.runtime_env or None,
                 # A dead actor is restarted (its constructor runs again); its lost calls are not retried by Ray but
                 # re-sent by WorkerGroup after the group's restore hook brought the new process up to date.
                 max_restarts=placement.max_restarts,
@@ -108,6 +102,19 @@ class RayBackend:
 
     def is_lost(self, error: BaseException) -> bool:
         return isinstance(error, (ray.exceptions.RayActorError, ray.exceptions.ActorUnavailableError))
+
+    def is_timeout(self, error: BaseException) -> bool:
+        return isinstance(error, ray.exceptions.GetTimeoutError)
+
+    def threads_for(self, cpus: float) -> int:
+        """An actor's torch threads: the whole CPUs it reserved (at least one)."""
+        return max(1, int(cpus))
+
+    def single_node(self) -> bool:
+        """True when the Ray cluster is one node and this process (the driver) runs on it: files in the driver's
+        temp dir are then visible to every worker and loopback reaches every one of them."""
+        alive = [n for n in ray.nodes() if n.get("Alive")]
+        return len(alive) == 1 and alive[0]["NodeID"] == ray.get_runtime_context().get_node_id()
 
     def node_ip(self, handle: Any) -> str:
         """The IP address of the node an actor runs on."""

@@ -13,27 +13,13 @@ from typing import Any
 import yaml
 
 from diffrl.platform.checkpoint import Checkpoint, CheckpointError, latest_checkpoint
-from diffrl.platform.config import RLJobConfig, dump_job
+from diffrl.platform.config import JobConfig, dump_job
 from diffrl.platform.reporting import MetricsLog
+from diffrl.utils.atomic import atomic_write_text
 
 
 class RunFinished(CheckpointError):
     """Resuming a run that already finished its steps: nothing to do (the CLI says so and exits 0)."""
-
-# Keys a resumed run may change: length, cadence, logging, cluster and resources of the stateless roles. Anything
-# else (model, algorithm, batch shape, learner ranks, seeds) would make the continuation a different run.
-RESUMABLE = (
-    "resume", "output_dir", "ray.", "trainer.steps", "trainer.eval_every", "trainer.checkpoint_every",
-    "trainer.keep_checkpoints", "trainer.max_learner_failures", "trainer.report_every", "trainer.wandb.",
-    "rollout.num_workers", "rollout.cpus_per_worker", "rollout.gpus_per_worker", "rollout.resources",
-    "rollout.max_restarts", "rollout.batch_size", "rollout.sol.explore_workers", "rollout.sol.explore_cpus_per_worker",
-    "rollout.sol.explore_gpus_per_worker", "rollout.sol.explore_resources", "rollout.sol.colocate",
-    "learner.cpus_per_worker", "learner.gpus_per_worker", "learner.resources", "reward.num_workers",
-    "reward.cpus_per_worker", "reward.resources", "reward.max_restarts", "reward.rewards.*.num_workers",
-    "reward.rewards.*.cpus_per_worker", "reward.rewards.*.gpus_per_worker", "reward.rewards.*.resources",
-    "reward.rewards.*.retries", "reward.rewards.*.timeout_s", "reward.rewards.*.backoff_s",
-)
-
 
 def _flatten(tree: Any, prefix: str = "") -> dict[str, Any]:
     """Dotted keys of nested dicts and lists (list items by index: reward.rewards.0.num_workers)."""
@@ -49,28 +35,31 @@ def _flatten(tree: Any, prefix: str = "") -> dict[str, Any]:
     return out
 
 
-def _resumable(key: str) -> bool:
+def _resumable(key: str, resumable: tuple[str, ...]) -> bool:
     generic = re.sub(r"\.\d+\.", ".*.", key)  # reward.rewards.0.num_workers -> reward.rewards.*.num_workers
-    return any(k == p or k.startswith(p) for p in RESUMABLE for k in (key, generic))
+    return any(k == p or k.startswith(p) for p in resumable for k in (key, generic))
 
 
 def _same_file(old: Any, new: Any) -> bool:
-    """Prompt files compare by content: a run staged by `diffrl submit` names its copy data/train.jsonl."""
+    """Input files compare by content: a run staged by `diffrl submit` names its copy data/train.jsonl."""
+    if not (isinstance(old, str) and isinstance(new, str)):
+        return False
     try:
         return Path(old).read_bytes() == Path(new).read_bytes()
     except (OSError, TypeError):
         return False
 
 
-def config_changes(saved: dict, cfg: RLJobConfig) -> list[str]:
-    """Keys whose value differs between a run's saved config.yaml and `cfg` and that a resume may not change."""
+def config_changes(saved: dict, cfg: JobConfig) -> list[str]:
+    """Keys whose value differs between a run's saved config.yaml and `cfg` and that a resume may not change: all
+    but the config class's RESUMABLE keys (files compare by content)."""
     old, new = _flatten(saved), _flatten(yaml.safe_load(dump_job(cfg)))
     changed = sorted(k for k in old.keys() | new.keys() if old.get(k) != new.get(k))
-    changed = [k for k in changed if not (k in ("data.train_file", "data.eval_file") and _same_file(old[k], new[k]))]
-    return [k for k in changed if not _resumable(k)]
+    changed = [k for k in changed if not _same_file(old.get(k), new.get(k))]
+    return [k for k in changed if not _resumable(k, cfg.RESUMABLE)]
 
 
-def new_run_dir(cfg: RLJobConfig) -> Path:
+def new_run_dir(cfg: JobConfig) -> Path:
     """runs/NAME, or runs/NAME_2, ... when it exists: a new run never overwrites an old one."""
     base = cfg.run_dir
     run_dir, suffix = base, 2
@@ -81,7 +70,7 @@ def new_run_dir(cfg: RLJobConfig) -> Path:
     return run_dir
 
 
-def open_run(cfg: RLJobConfig, must_resume: bool = False) -> tuple[Path, Checkpoint | None]:
+def open_run(cfg: JobConfig, must_resume: bool = False) -> tuple[Path, Checkpoint | None]:
     """The run directory and the checkpoint to continue from.
 
     - `must_resume` (`diffrl run --resume`): runs/NAME must hold a complete checkpoint; it is continued.
@@ -89,7 +78,8 @@ def open_run(cfg: RLJobConfig, must_resume: bool = False) -> tuple[Path, Checkpo
       none and never finished (a run that died before its first checkpoint; its old metrics are kept aside as
       metrics.attemptN.jsonl); a finished run without checkpoints is left alone (a new directory is used).
     - otherwise a new directory (runs/NAME, or NAME_2, ...).
-    A corrupt newest checkpoint, or a config that changes more than RESUMABLE allows, is an error before any work.
+    A corrupt newest checkpoint, or a config that changes keys outside the config's RESUMABLE, is an error before
+    any work.
     """
     base = cfg.run_dir
     if not (must_resume or cfg.resume == "auto"):
@@ -114,8 +104,9 @@ def open_run(cfg: RLJobConfig, must_resume: bool = False) -> tuple[Path, Checkpo
     if saved_path.is_file():
         changed = config_changes(yaml.safe_load(saved_path.read_text()) or {}, cfg)
         if changed:
+            allowed = ", ".join(cfg.RESUMABLE)
             raise CheckpointError(f"cannot resume {base}: the job changes {', '.join(changed)} (see its config.yaml); "
-                                  f"a resumed run may only change {', '.join(RESUMABLE)}")
+                                  f"a resumed run may only change {allowed}")
     (base / "config.yaml").write_text(dump_job(cfg))
     rewind_metrics(base, checkpoint.step if checkpoint is not None else None)
     return base, checkpoint
@@ -137,16 +128,14 @@ def rewind_metrics(run_dir: Path, step: int | None) -> None:
     os.replace(path, run_dir / f"metrics.attempt{attempt}.jsonl")
     kept = [r for r in records if step is not None and r.get("step", 0) <= step
             and not any(k.startswith("summary/") for k in r)]
-    tmp = path.with_suffix(".tmp")
-    tmp.write_text("".join(json.dumps(r, sort_keys=True) + "\n" for r in kept))
-    os.replace(tmp, path)
+    atomic_write_text(path, "".join(json.dumps(r, sort_keys=True) + "\n" for r in kept))
 
 
 class RunLog:
     """metrics.jsonl (always) and wandb (trainer.wandb.mode offline or online; files under runs/NAME/wandb). A
     resumed run logs to the same wandb run id (kept in runs/NAME/wandb_id)."""
 
-    def __init__(self, run_dir: Path, cfg: RLJobConfig) -> None:
+    def __init__(self, run_dir: Path, cfg: JobConfig) -> None:
         self.metrics = MetricsLog(run_dir / "metrics.jsonl")
         self.wandb = None
         settings = cfg.trainer.wandb

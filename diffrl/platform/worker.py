@@ -1,4 +1,4 @@
-"""The Worker protocol and WorkerGroup: role classes, placed N at a time, called by broadcast and scatter.
+"""Workers and worker groups: role classes, placed N at a time, called through recovering group calls.
 
 Nothing here imports Ray. A backend turns worker classes into handles and method calls into futures; the local
 backend runs workers in this process (a breakpoint works), the Ray backend (`ray_backend.py`) places them as actors
@@ -7,11 +7,73 @@ on a resource pool. The controller code is the same for both.
 
 from __future__ import annotations
 
+import os
 import time
+import uuid
 from dataclasses import dataclass, field
 from typing import Any, Callable, Iterator, Protocol, Sequence, runtime_checkable
 
-from diffrl.workers.base import NotReady
+from diffrl.utils.net import free_port
+from diffrl.utils.rng import capture_rng, restore_rng
+
+
+class NotReady(RuntimeError):
+    """Raised by a role method called before setup() — after a restart, the constructor ran again but setup did not.
+    WorkerGroup treats it like a lost worker: it restores the worker and sends the call again."""
+
+
+class WorkerBase:
+    """What every role class shares. Subclasses implement `build()` (load models; may be slow), their role methods
+    (which start with `self.require_ready()`), and optionally `status()`, `role_state()` / `load_role_state()`.
+
+    - `incarnation`: a fresh id per worker object, so a group can tell a restarted actor (its constructor ran again)
+      from the one it sent a call to;
+    - `setup(num_threads, **kwargs)`: sets the torch thread count to the worker's own CPUs, then `build(**kwargs)`;
+      until it has run, `require_ready()` raises NotReady;
+    - `health()`: ready flag, incarnation and the role's `status()`;
+    - `state_dict()` / `load_state_dict()`: the process's RNG states plus the role's own state, for exact resume.
+    """
+
+    def __init__(self) -> None:
+        self.incarnation = uuid.uuid4().hex
+        self.ready = False
+
+    def setup(self, num_threads: int = 1, **kwargs: Any) -> None:
+        import torch
+
+        torch.set_num_threads(max(1, int(num_threads)))
+        self.build(**kwargs)
+        self.ready = True
+
+    def build(self, **kwargs: Any) -> None:
+        """Load what the role needs (models, rewards, process groups)."""
+
+    def require_ready(self) -> None:
+        if not self.ready:
+            raise NotReady(f"{type(self).__name__} is not set up (restarted?): call setup() first")
+
+    def status(self) -> dict[str, Any]:
+        return {}
+
+    def health(self) -> dict[str, Any]:
+        return {"ready": self.ready, "incarnation": self.incarnation, **self.status()}
+
+    def role_state(self) -> dict[str, Any]:
+        return {}
+
+    def load_role_state(self, state: dict[str, Any]) -> None:
+        """Restore `role_state()` (after setup())."""
+
+    def state_dict(self) -> dict[str, Any]:
+        return {**self.role_state(), "rng": capture_rng()}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.load_role_state(state)
+        restore_rng(state["rng"])
+
+    def free_port(self, host: str) -> int:
+        """A port free on this worker's node at `host`, for a rendezvous store this worker will serve."""
+        return free_port(host)
 
 
 @runtime_checkable
@@ -30,12 +92,13 @@ class Worker(Protocol):
 @dataclass(frozen=True)
 class Placement:
     """What one worker of a group asks of its resource pool: CPUs, (fractional) GPUs and custom resources per worker,
-    and how often a dead worker is restarted (Ray backend only; see WorkerGroup.call_with_recovery)."""
+    and how often a dead worker is restarted (Ray backend only; see WorkerGroup.recover)."""
 
     num_cpus: float = 1.0
     num_gpus: float = 0.0
     max_restarts: int = 0
     resources: dict[str, float] = field(default_factory=dict)
+    runtime_env: dict[str, Any] = field(default_factory=dict)  # Ray runtime environment (another Python env)
 
 
 class Backend(Protocol):
@@ -51,6 +114,18 @@ class Backend(Protocol):
 
     def is_lost(self, error: BaseException) -> bool:
         """True when `error` means the worker process died (rather than the method raising)."""
+
+    def is_timeout(self, error: BaseException) -> bool:
+        """True when `error` is a `get` that ran past its timeout."""
+
+    def node_ip(self, handle: Any) -> str:
+        """The address of the node the worker runs on."""
+
+    def threads_for(self, cpus: float) -> int:
+        """Torch threads for a worker that asked for `cpus` CPUs."""
+
+    def single_node(self) -> bool:
+        """Whether every worker runs on the driver's node (files in its temp dir and loopback reach them all)."""
 
 
 class WorkerLost(RuntimeError):
@@ -115,12 +190,29 @@ class LocalBackend:
     def is_lost(self, error: BaseException) -> bool:
         return False  # in-process workers cannot die on their own
 
+    def is_timeout(self, error: BaseException) -> bool:
+        return False  # local calls finish when made
+
+    def node_ip(self, handle: Any) -> str:
+        return "127.0.0.1"
+
+    def threads_for(self, cpus: float) -> int:
+        """In-process workers take turns on this process's cores."""
+        return os.cpu_count() or 1
+
+    def single_node(self) -> bool:
+        return True
+
 
 class WorkerGroup:
-    """N workers of one class. `broadcast` calls every worker; `scatter` sends shard i to worker i mod N.
+    """N workers of one class, called through recovering group calls:
 
-    Both return futures; `get` resolves them in call order, so results come back in shard order whatever the
-    completion order.
+    - `map(method, items)`: split `items` into one contiguous shard per worker, call `method(shard)` on each, and
+      return the per-shard results in order; `map_async` returns the Pending calls instead (to overlap stages);
+    - `each(method, ...)`: the same call on every worker, results in rank order;
+    - `scatter_async(method, shards)`: shard i to worker i mod N (`spread`: each shard is an argument tuple).
+    A call whose worker died is sent again after the group restarted and restored it (see `recover`): nothing is
+    lost or duplicated. `broadcast`, `call` and `get` are the raw, non-recovering calls (set-up, collectives).
     """
 
     def __init__(
@@ -130,16 +222,19 @@ class WorkerGroup:
         args: Sequence[tuple],
         placement: Placement = Placement(),
         name: str | None = None,
+        setup_kwargs: dict[str, Any] | None = None,
     ) -> None:
         if not args:
             raise ValueError(f"WorkerGroup {name or cls.__name__} needs at least one worker")
         self.backend = backend
         self.name = name or cls.__name__
         self.placement = placement
+        # What setup() is called with: the worker's thread count (from its own CPUs) and role arguments.
+        self.setup_kwargs = {"num_threads": backend.threads_for(placement.num_cpus), **(setup_kwargs or {})}
         self.handles = backend.create(cls, args, placement, self.name)
         # Called as restore(group, rank) after a worker restarted, before its lost call is sent again: it brings
-        # the fresh worker to the state the others have (setup, current weights). The controller sets it.
-        self.restore: Callable[[WorkerGroup, int], None] | None = None
+        # the fresh worker to the state the others have (by default: setup; a job kind adds e.g. current weights).
+        self.restore: Callable[[WorkerGroup, int], None] = lambda group, rank: group.get([group.setup_worker(rank)])
         self.restarts = [0] * len(self.handles)
         # The process each worker runs in, from health()["incarnation"] (None: not known yet).
         self.incarnations: list[str | None] = [None] * len(self.handles)
@@ -147,14 +242,9 @@ class WorkerGroup:
     def __len__(self) -> int:
         return len(self.handles)
 
+    # ------------------------------------------------------------------------------ raw calls (futures)
     def broadcast(self, method: str, *args: Any, **kwargs: Any) -> list[Any]:
         return [self.backend.call(handle, method, *args, **kwargs) for handle in self.handles]
-
-    def scatter(self, method: str, shards: Sequence[Any], **kwargs: Any) -> list[Any]:
-        return [
-            self.backend.call(self.handles[index % len(self.handles)], method, shard, **kwargs)
-            for index, shard in enumerate(shards)
-        ]
 
     def call(self, rank: int, method: str, *args: Any, **kwargs: Any) -> Any:
         return self.backend.call(self.handles[rank], method, *args, **kwargs)
@@ -162,43 +252,43 @@ class WorkerGroup:
     def get(self, futures: Sequence[Any], timeout: float | None = None) -> list[Any]:
         return self.backend.get(futures, timeout=timeout)
 
-    # ------------------------------------------------------------------ calls that survive a worker's death
-    def submit(self, calls: Sequence[Call]) -> list[Any]:
+    def run(self, method: str, *args: Any, **kwargs: Any) -> list[Any]:
+        """Broadcast and wait: the results of every worker, in rank order (no recovery: set-up and health)."""
+        return self.get(self.broadcast(method, *args, **kwargs))
+
+    def setup_worker(self, rank: int, **extra: Any) -> Any:
+        """The future of setup() on worker `rank` with the group's setup arguments."""
+        return self.call(rank, "setup", **self.setup_kwargs, **extra)
+
+    # -------------------------------------------------------------------------------- recovering calls
+    def map(self, method: str, items: Sequence[Any], **kwargs: Any) -> list[Any]:
+        """Per-shard results of `method(shard, **kwargs)`, `items` split evenly over the workers, in order."""
+        return self.map_async(method, items, **kwargs).results()
+
+    def map_async(self, method: str, items: Sequence[Any], **kwargs: Any) -> Pending:
+        return self.scatter_async(method, split_evenly(items, len(self)), **kwargs)
+
+    def scatter_async(self, method: str, shards: Sequence[Any], spread: bool = False, **kwargs: Any) -> Pending:
+        """Shard i to worker i mod N, as Pending recovering calls; with `spread`, each shard is a tuple of
+        positional arguments rather than the one argument."""
+        return self.submit([Call(index % len(self), method, tuple(shard) if spread else (shard,), kwargs)
+                            for index, shard in enumerate(shards)])
+
+    def each(self, method: str, *args: Any, **kwargs: Any) -> list[Any]:
+        """`method(*args, **kwargs)` on every worker, results in rank order."""
+        return self.submit([Call(rank, method, args, kwargs) for rank in range(len(self))]).results()
+
+    def submit(self, calls: Sequence[Call]) -> Pending:
         for c in calls:
             c.incarnation = self.incarnations[c.rank]
-        return [self.call(c.rank, c.method, *c.args, **c.kwargs) for c in calls]
+        return Pending(self, list(calls), [self.call(c.rank, c.method, *c.args, **c.kwargs) for c in calls])
 
     def note_health(self, healths: Sequence[dict[str, Any]]) -> None:
         """Remember each worker's incarnation from a `run("health")`."""
         self.incarnations = [h.get("incarnation") for h in healths]
 
-    def _worker_lost(self, error: BaseException) -> bool:
+    def worker_lost(self, error: BaseException) -> bool:
         return self.backend.is_lost(error) or isinstance(error, NotReady)
-
-    def calls_as_completed(self, calls: Sequence[Call], futures: Sequence[Any] | None = None
-                           ) -> Iterator[tuple[int, Any]]:
-        """Yield (index, result) for `calls` as they finish (`futures`: the calls, already submitted). A call whose
-        worker died — during the call, or before it while idle (the restarted worker raises NotReady) — is sent
-        again after the worker was restarted and restored (`recover`): nothing is lost or duplicated."""
-        pending = dict(enumerate(futures if futures is not None else self.submit(calls)))
-        while pending:
-            keys = list(pending)
-            index = keys[self.backend.wait_one([pending[k] for k in keys])]
-            try:
-                result = self.get([pending[index]])[0]
-            except Exception as err:  # noqa: BLE001 - only a lost worker is handled; anything else re-raises
-                if not self._worker_lost(err):
-                    raise
-                self.recover(calls[index].rank, err, calls[index].incarnation)
-                pending[index] = self.submit([calls[index]])[0]
-                continue
-            del pending[index]
-            yield index, result
-
-    def gather(self, calls: Sequence[Call], futures: Sequence[Any] | None = None) -> list[Any]:
-        """Results of `calls` in call order, with the same recovery as calls_as_completed."""
-        results: dict[int, Any] = dict(self.calls_as_completed(calls, futures))
-        return [results[i] for i in range(len(calls))]
 
     def recover(self, rank: int, error: BaseException, submitted: str | None = None,
                 timeout_s: float = 300.0) -> None:
@@ -217,7 +307,7 @@ class WorkerGroup:
                 if self.backend.is_lost(err) and self.restarts[rank] >= allowed:
                     raise WorkerLost(self.name, rank, f"no restarts left ({allowed} allowed, {self.restarts[rank]} "
                                                       f"used; last error: {error})") from error
-                if time.monotonic() > deadline or not (self.backend.is_lost(err) or "Timeout" in type(err).__name__):
+                if time.monotonic() > deadline or not (self.backend.is_lost(err) or self.backend.is_timeout(err)):
                     raise WorkerLost(self.name, rank, f"did not come back within {timeout_s:.0f} s: {err}") from err
                 time.sleep(0.5)
         current = health.get("incarnation")
@@ -227,16 +317,45 @@ class WorkerGroup:
             self.restarts[rank] += 1
             if self.restarts[rank] > allowed:
                 raise WorkerLost(self.name, rank, f"no restarts left ({allowed} allowed; last error: {error})") from error
-            if self.restore is not None:
-                self.restore(self, rank)
+            self.restore(self, rank)
             self.incarnations[rank] = current
-
-    def run(self, method: str, *args: Any, **kwargs: Any) -> list[Any]:
-        """Broadcast and wait: the results of every worker, in rank order."""
-        return self.get(self.broadcast(method, *args, **kwargs))
 
     def shutdown(self) -> None:
         self.backend.kill(self.handles)
+
+
+class Pending:
+    """Calls sent to a group's workers and not yet collected. `as_completed()` yields (index, result) as calls
+    finish; `results()` returns them in call order. A call lost to a worker's death — during the call, or before it
+    while idle (the restarted worker raises NotReady) — is sent again after the worker was restored."""
+
+    def __init__(self, group: WorkerGroup, calls: list[Call], futures: list[Any]) -> None:
+        self.group, self.calls, self.futures = group, calls, futures
+
+    def __len__(self) -> int:
+        return len(self.calls)
+
+    def as_completed(self) -> Iterator[tuple[int, Any]]:
+        group = self.group
+        pending = dict(enumerate(self.futures))
+        while pending:
+            keys = list(pending)
+            index = keys[group.backend.wait_one([pending[k] for k in keys])]
+            try:
+                result = group.get([pending[index]])[0]
+            except Exception as err:  # noqa: BLE001 - only a lost worker is handled; anything else re-raises
+                if not group.worker_lost(err):
+                    raise
+                call = self.calls[index]
+                group.recover(call.rank, err, call.incarnation)
+                pending[index] = group.submit([call]).futures[0]
+                continue
+            del pending[index]
+            yield index, result
+
+    def results(self) -> list[Any]:
+        done: dict[int, Any] = dict(self.as_completed())
+        return [done[i] for i in range(len(self.calls))]
 
 
 def split_evenly(items: Sequence[Any], num_shards: int) -> list[list[Any]]:

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from diffrl.models.shapes_world import COLORS
+from diffrl.envs.shapes import COLORS
 from diffrl.rewards.base import register_reward
 from diffrl.rewards.geneval import GenEvalReward
 from diffrl.rewards.shapes_detector import ShapesColorClassifier, ShapesDetector
@@ -72,10 +72,10 @@ def geneval(detector_path: str, clip_path: str, score: str = "partial", device: 
 
 
 @register_reward("vlm_judge")
-def vlm_judge(path: str, backend: str = "auto", question: str | None = None, vllm_python: str | None = None):
-    """P(yes) of a vision-language judge asked whether the image shows the prompt (vLLM on GPUs in its own
-    environment, transformers elsewhere)."""
+def vlm_judge(path: str, backend: str = "auto", question: str | None = None):
+    """P(yes) of a vision-language judge asked whether the image shows the prompt (vLLM on GPUs, in replicas that
+    run in a vLLM environment given by the reward's `python:`; transformers elsewhere)."""
     from diffrl.rewards.vlm_judge import QUESTION
     from diffrl.rewards.vlm_judge import vlm_judge as build
 
-    return build(path, backend, question or QUESTION, vllm_python)
+    return build(path, backend, question or QUESTION)

@@ -1,7 +1,7 @@
 """An exact classical-CV detector and color classifier for the shapes world (numpy only).
 
 It stands in for GenEval's Mask2Former and CLIP color classifier (djghosh13/geneval) on
-`diffrl.models.shapes_world` images. Each of the 9 grid cells is analysed on its own, vectorized over all cells:
+`diffrl.envs.shapes` images. Each of the 9 grid cells is analysed on its own, vectorized over all cells:
 - presence: the cell's level (mean of its 8 brightest pixels, brightness = max over RGB) is at least MIN_LEVEL and at
   least MIN_PIXELS pixels reach half that level; the half-level pixels form the mask and box.
 - shape: cosine similarity between the cell's brightness and each shape's templates (the rendered 8x8 mask, also
@@ -16,7 +16,7 @@ from typing import Sequence
 
 import numpy as np
 
-from diffrl.models.shapes_world import CELL, COLORS, GRID, IMAGE_SIZE, OBJECT_SIZE, SHAPE_MASKS, SHAPES
+from diffrl.envs.shapes import CELL, COLORS, GRID, IMAGE_SIZE, OBJECT_SIZE, SHAPE_MASKS, SHAPES
 from diffrl.rewards.geneval import Detection
 
 MIN_LEVEL = 0.25

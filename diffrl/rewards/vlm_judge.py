@@ -3,9 +3,10 @@ probability of answering yes, P(yes) / (P(yes) + P(no)) from the next-token dist
 
 Two backends with one interface:
 - `transformers` (CPU fallback, any device): AutoModelForImageTextToText + AutoProcessor from a local directory.
-- `vllm` (GPU extra): vLLM runs inside a Ray actor in its own runtime environment — a separate Python environment
-  given by `vllm_python` (runtime_env py_executable) — so vLLM's pinned torch and transformers never touch the main
-  environment. Capability checks raise a clear error naming what is missing (no GPU, no vLLM environment).
+- `vllm` (GPU extra): vLLM in the reward worker's own process. vLLM pins its own torch and transformers, so the
+  reward's replicas run in a separate Python environment with vllm, ray and diffrl installed: the reward's
+  `python:` key in the job (its worker group's interpreter) names it; the group sits on a resource pool like every
+  reward. Capability checks raise a clear error naming what is missing (no GPU, no vLLM in this environment).
 Models load from local directories only.
 """
 
@@ -71,17 +72,34 @@ class TransformersJudge:
         return RewardOutput(scores=scores)
 
 
-class VLLMJudgeActor:
-    """Runs inside the vLLM runtime environment (imports vllm there only)."""
+def vllm_available() -> str | None:
+    """None when the vLLM backend can run in this process, else the reason it cannot."""
+    import importlib.util
 
-    def __init__(self, path: str, question: str, max_model_len: int) -> None:
+    import torch
+
+    if not torch.cuda.is_available():
+        return "vLLM needs a CUDA GPU; use backend: transformers on CPU"
+    if importlib.util.find_spec("vllm") is None:
+        return ("vLLM is not installed in this environment; create a separate environment with vllm, ray and diffrl "
+                "and set the reward's `python:` to its interpreter (vLLM's torch stays out of the main environment)")
+    return None
+
+
+class VLLMJudge:
+    """The judge on vLLM, loaded in this process (a reward worker in the vLLM environment)."""
+
+    def __init__(self, path: str, question: str = QUESTION, max_model_len: int = 4096) -> None:
+        reason = vllm_available()
+        if reason:
+            raise RuntimeError(f"vlm_judge backend vllm unavailable: {reason}")
         from vllm import LLM, SamplingParams
 
         self.llm = LLM(model=path, limit_mm_per_prompt={"image": 1}, max_model_len=max_model_len)
         self.params = SamplingParams(max_tokens=1, logprobs=20, temperature=0.0)
         self.question = question
 
-    def score(self, images: list, prompts: list[str]) -> list[float]:
+    def __call__(self, images: np.ndarray, prompts: Sequence[str], metadata: Sequence[dict]) -> RewardOutput:
         from PIL import Image
 
         requests = []
@@ -91,50 +109,15 @@ class VLLMJudgeActor:
             text = self.llm.get_tokenizer().apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
             requests.append({"prompt": text, "multi_modal_data": {"image": Image.fromarray(np.asarray(image))}})
         outputs = self.llm.generate(requests, self.params)
-        return [yes_probability({lp.decoded_token: lp.logprob for lp in out.outputs[0].logprobs[0].values()})
-                for out in outputs]
+        return RewardOutput(scores=[
+            yes_probability({lp.decoded_token: lp.logprob for lp in out.outputs[0].logprobs[0].values()})
+            for out in outputs])
 
 
-def vllm_available(vllm_python: str | None) -> str | None:
-    """None when the vLLM backend can run here, else the reason it cannot."""
-    import torch
-
-    if not torch.cuda.is_available():
-        return "vLLM needs a CUDA GPU; use backend: transformers on CPU"
-    if vllm_python is None:
-        import importlib.util
-
-        if importlib.util.find_spec("vllm") is None:
-            return ("vLLM is not installed here; create a separate environment with vllm and pass "
-                    "vllm_python=/path/to/that/env/bin/python (its torch stays out of this environment)")
-    elif not Path(vllm_python).is_file():
-        return f"vllm_python {vllm_python!r} does not exist"
-    return None
-
-
-class VLLMJudge:
-    def __init__(self, path: str, question: str = QUESTION, vllm_python: str | None = None, num_gpus: float = 1.0,
-                 max_model_len: int = 4096) -> None:
-        reason = vllm_available(vllm_python)
-        if reason:
-            raise RuntimeError(f"vlm_judge backend vllm unavailable: {reason}")
-        import ray
-
-        runtime_env = {"py_executable": vllm_python} if vllm_python else {}
-        actor = ray.remote(num_gpus=num_gpus, runtime_env=runtime_env)(VLLMJudgeActor)
-        self.actor = actor.remote(path, question, max_model_len)
-
-    def __call__(self, images: np.ndarray, prompts: Sequence[str], metadata: Sequence[dict]) -> RewardOutput:
-        import ray
-
-        return RewardOutput(scores=ray.get(self.actor.score.remote(list(images), list(prompts))))
-
-
-def vlm_judge(path: str, backend: str = "auto", question: str = QUESTION, vllm_python: str | None = None,
-              device: str | None = None):
+def vlm_judge(path: str, backend: str = "auto", question: str = QUESTION, device: str | None = None):
     """backend: transformers, vllm, or auto (vllm when available, else transformers)."""
     if backend not in ("auto", "transformers", "vllm"):
         raise ValueError(f"vlm_judge backend must be auto, transformers or vllm, got {backend!r}")
-    if backend == "vllm" or (backend == "auto" and vllm_available(vllm_python) is None):
-        return VLLMJudge(path, question, vllm_python)
+    if backend == "vllm" or (backend == "auto" and vllm_available() is None):
+        return VLLMJudge(path, question)
     return TransformersJudge(path, question, device)

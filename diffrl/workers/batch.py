@@ -7,6 +7,8 @@ from dataclasses import dataclass, field, fields, replace
 import numpy as np
 import torch
 
+from diffrl.platform.worker import split_evenly
+
 
 @dataclass(frozen=True)
 class SampleRequest:
@@ -41,6 +43,10 @@ class RolloutBatch:
 
     def __len__(self) -> int:
         return len(self.prompts)
+
+    def split(self, num_shards: int) -> list[RolloutBatch]:
+        """Contiguous shards whose sizes differ by at most one (one per learner rank)."""
+        return [self.select(rows) for rows in split_evenly(list(range(len(self))), num_shards)]
 
     def select(self, index: torch.Tensor | list[int]) -> RolloutBatch:
         rows = torch.as_tensor(index, dtype=torch.long)

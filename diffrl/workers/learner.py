@@ -17,12 +17,13 @@ import torch
 from torch import nn
 
 from diffrl.algorithms.awm import ema_decay, ema_update_
-from diffrl.cluster.local import pin_loopback_interfaces
+from diffrl.utils.net import pin_loopback_interfaces
+from diffrl.utils.rng import capture_rng, restore_rng
 from diffrl.models.adapter import Conditioning, concat_conditioning, encode_each, select_conditioning
+from diffrl.platform.worker import WorkerBase
 from diffrl.models.registry import apply_lora, build_model_from_config, load_trainable_state_dict, trainable_state_dict
-from diffrl.platform.collective_sync import BroadcastChannel, BucketLayout
-from diffrl.platform.weight_sync import DEFAULT_BUCKET_MB, WeightPayload, pack
-from diffrl.workers.base import new_incarnation
+from diffrl.utils.collective_sync import BroadcastChannel, BucketLayout
+from diffrl.utils.weight_sync import DEFAULT_BUCKET_MB, WeightPayload, pack
 from diffrl.workers.batch import RolloutBatch
 from diffrl.workers.objectives import build_objective
 
@@ -31,44 +32,34 @@ def largest_divisor_at_most(n: int, limit: int) -> int:
     return max(d for d in range(1, min(n, limit) + 1) if n % d == 0)
 
 
-class LearnerWorker:
+class LearnerWorker(WorkerBase):
     def __init__(
         self,
         rank: int,
         world_size: int,
-        rendezvous: str,
         model_cfg: dict,
         learner_cfg: dict,
         samples_per_rank: int,
-        num_threads: int = 1,
         rollout_cfg: dict | None = None,
     ) -> None:
-        self.rank, self.world_size, self.rendezvous = rank, world_size, rendezvous
+        super().__init__()
+        self.rank, self.world_size = rank, world_size
         self.model_cfg, self.cfg = model_cfg, learner_cfg
         self.samples_per_rank = samples_per_rank
-        self.num_threads = num_threads
         self.objective = build_objective(learner_cfg, rollout_cfg)
         # Flow-GRPO recomputes the rollout's guided velocity; AWM and NFT train the conditional velocity.
         self.guidance = (rollout_cfg or {}).get("guidance_scale", 1.0) if learner_cfg["algorithm"] == "flow_grpo" else 1.0
         self.version = 0
         self.engine = None
-        self.incarnation = new_incarnation()
 
     # ----------------------------------------------------------------------------------------------- set-up
-    def free_port(self, host: str) -> int:
-        """A port free on this node's `host` address, for a rendezvous store rank 0 will serve."""
-        import socket
+    def build(self, rendezvous: str) -> None:
+        """Join the ranks' process group at `rendezvous` and build the DeepSpeed engine.
 
-        with socket.socket() as probe:
-            probe.bind((host, 0))
-            return probe.getsockname()[1]
-
-    def setup(self, rendezvous: str | None = None) -> None:
-        torch.set_num_threads(self.num_threads)
-        self.rendezvous = rendezvous or self.rendezvous
-        # On one node the ranks meet through a file store (a file:// URL) instead of a TCP store, whose server would
-        # listen on every interface, and gloo/NCCL connections are pinned to loopback. Across nodes the controller
-        # passes tcp://HOST:PORT on learner rank 0's node and the node's network is used.
+        On one node the ranks meet through a file store (a file:// URL) instead of a TCP store, whose server would
+        listen on every interface, and gloo/NCCL connections are pinned to loopback. Across nodes the runtime passes
+        tcp://HOST:PORT on learner rank 0's node and the node's network is used."""
+        self.rendezvous = rendezvous
         os.environ.update(RANK=str(self.rank), LOCAL_RANK="0", WORLD_SIZE=str(self.world_size))
         if self.rendezvous.startswith("file://"):
             pin_loopback_interfaces()
@@ -207,7 +198,7 @@ class LearnerWorker:
                 raise ValueError("get_weights(ema=True) needs learner.eval_ema_decay > 0")
             module = self.shadows["eval"][0]
             return pack(trainable_state_dict(module), self.version, self.cfg.get("sync_bucket_mb", DEFAULT_BUCKET_MB))
-        # Under ZeRO-3 gathering is collective: every rank must call get_weights (see rl_loop.learner_weights).
+        # Under ZeRO-3 gathering is collective: every rank must call get_weights (see diffrl.kinds.rl.sync.WeightSync.learner_weights).
         with self._gathered():
             state = trainable_state_dict(self.engine.module)
         return pack(state, self.version, self.cfg.get("sync_bucket_mb", DEFAULT_BUCKET_MB))
@@ -245,8 +236,6 @@ class LearnerWorker:
         """Everything an exact resume needs from this rank: trained weights (`weights=False` leaves them out: every
         rank holds the same), optimizer (this rank's partition under ZeRO-1/2) and scheduler state, the shadow
         copies (EMA, old policy), DeepSpeed's step counters, RNG states and the weight version."""
-        from diffrl.platform.checkpoint import capture_rng
-
         if self.cfg["zero_stage"] == 3:
             raise NotImplementedError("checkpoints for resume support learner.zero_stage 0-2")
         optimizer = {k: v for k, v in self.optimizer.state_dict().items() if k not in self._RUNTIME_KEYS}
@@ -263,8 +252,6 @@ class LearnerWorker:
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         """Restore a `state_dict()` of the same rank and config (after setup())."""
-        from diffrl.platform.checkpoint import restore_rng
-
         load_trainable_state_dict(self.engine.module, state["weights"])
         if self.cfg["zero_stage"] in (1, 2):
             live = self.optimizer.state_dict()
@@ -285,6 +272,5 @@ class LearnerWorker:
         restore_rng(state["rng"])
         self.version = int(state["version"])
 
-    def health(self) -> dict[str, Any]:
-        return {"ready": self.engine is not None, "rank": self.rank, "version": self.version,
-                "incarnation": self.incarnation}
+    def status(self) -> dict[str, Any]:
+        return {"rank": self.rank, "version": self.version}

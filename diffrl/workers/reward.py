@@ -10,18 +10,18 @@ from typing import Any, Sequence
 import numpy as np
 
 from diffrl.rewards.base import RewardError, RewardOutput, build_reward, validate_reward_output
-from diffrl.workers.base import new_incarnation
+from diffrl.platform.worker import WorkerBase
 
 
-class RewardWorker:
+class RewardWorker(WorkerBase):
     """Scores images with each configured reward; errors name the reward. Returns the weighted total and details."""
 
     def __init__(self, reward_specs: Sequence[dict]) -> None:
+        super().__init__()
         self.specs = list(reward_specs)
         self.rewards: dict[str, Any] = {}
-        self.incarnation = new_incarnation()
 
-    def setup(self) -> None:
+    def build(self) -> None:
         for spec in self.specs:
             self.rewards[spec["name"]] = build_reward(spec["name"], **spec.get("kwargs", {}))
 
@@ -55,8 +55,7 @@ class RewardWorker:
                           f"{type(cause).__name__}: {detail}") from cause
 
     def score(self, images: np.ndarray, prompts: Sequence[str], metadata: Sequence[dict]) -> RewardOutput:
-        if len(self.rewards) != len(self.specs):  # a restarted actor re-ran only its constructor
-            self.setup()
+        self.require_ready()
         total = np.zeros(len(prompts), dtype=np.float64)
         details: dict[str, list] = {}
         for spec in self.specs:
@@ -66,17 +65,3 @@ class RewardWorker:
             details[name] = output.scores
             details.update({f"{name}/{key}": values for key, values in output.details.items()})
         return RewardOutput(scores=total.tolist(), details=details)
-
-    def state_dict(self) -> dict[str, Any]:
-        """Rewards hold no training state; their RNG states are kept so a sampling reward resumes exactly."""
-        from diffrl.platform.checkpoint import capture_rng
-
-        return {"rng": capture_rng()}
-
-    def load_state_dict(self, state: dict[str, Any]) -> None:
-        from diffrl.platform.checkpoint import restore_rng
-
-        restore_rng(state["rng"])
-
-    def health(self) -> dict[str, Any]:
-        return {"ready": len(self.rewards) == len(self.specs), "incarnation": self.incarnation}

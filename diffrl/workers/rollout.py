@@ -9,31 +9,25 @@ import torch
 
 from diffrl.models.adapter import concat_conditioning, encode_each
 from diffrl.models.registry import apply_lora, build_model_from_config, load_trainable_state_dict
-from diffrl.platform.weight_sync import WeightPayload
-from diffrl.workers.base import NotReady, new_incarnation
+from diffrl.platform.worker import WorkerBase
+from diffrl.utils.weight_sync import WeightPayload
 from diffrl.workers.batch import RolloutBatch, SampleRequest
 from diffrl.workers.sampling import sample
 
 
-class RolloutWorker:
+class RolloutWorker(WorkerBase):
     """Generates RolloutBatches. Weights arrive from the learner through `load_weights` with a version number."""
 
-    def __init__(self, model_cfg: dict, rollout_cfg: dict, num_threads: int = 1, store_trajectory: bool = False) -> None:
+    def __init__(self, model_cfg: dict, rollout_cfg: dict, store_trajectory: bool = False) -> None:
+        super().__init__()
         self.model_cfg = model_cfg
         self.cfg = rollout_cfg
         self.store_trajectory = store_trajectory  # Flow-GRPO learners need per-step latents and log-probs
-        self.num_threads = num_threads
         self.model = None
         self.weight_version = 0
         self._cond_cache: dict[str, Any] = {}
-        self.incarnation = new_incarnation()
 
-    def _require_setup(self) -> None:
-        if self.model is None:
-            raise NotReady("rollout worker is not set up (restarted?): call setup() first")
-
-    def setup(self) -> None:
-        torch.set_num_threads(self.num_threads)
+    def build(self) -> None:
         self.model = build_model_from_config(self.model_cfg)
         lora = self.model_cfg["lora"]
         if lora["enabled"]:
@@ -85,7 +79,7 @@ class RolloutWorker:
         `num_steps`/`sampler` override the config (held-out eval uses the deterministic ODE sampler); trajectories
         are stored only for the configured training sampler.
         """
-        self._require_setup()
+        self.require_ready()
         train_sampler = sampler is None or sampler == self.cfg["sampler"]
         num_steps = num_steps or self.cfg["num_steps"]
         sampler = sampler or self.cfg["sampler"]
@@ -125,14 +119,14 @@ class RolloutWorker:
         """Apply a learner's `get_weights()` payload (bucketed trainable tensors, version); returns the version.
 
         Samples generated afterwards record this version in `RolloutBatch.weight_version`."""
-        self._require_setup()
+        self.require_ready()
         load_trainable_state_dict(self.model.denoiser, payload.tensors())
         self.weight_version = payload.version
         return payload.version
 
     def open_weight_channel(self, store_path: str, rank: int, world_size: int, layout: Any) -> None:
         """Join the learner's weight-broadcast group as receiver `rank` (learner.sync_backend: broadcast)."""
-        from diffrl.platform.collective_sync import BroadcastChannel
+        from diffrl.utils.collective_sync import BroadcastChannel
 
         self._channel = BroadcastChannel(store_path, rank, world_size, next(self.model.denoiser.parameters()).device)
         self._layout = layout
@@ -141,17 +135,12 @@ class RolloutWorker:
         """Receive one broadcast from learner rank 0 and load it; returns its version."""
         return self.load_weights(self._channel.receive(self._layout))
 
-    def state_dict(self) -> dict[str, Any]:
-        from diffrl.platform.checkpoint import capture_rng
+    def role_state(self) -> dict[str, Any]:
+        return {"weight_version": self.weight_version}
 
-        return {"weight_version": self.weight_version, "rng": capture_rng()}
-
-    def load_state_dict(self, state: dict[str, Any]) -> None:
-        """Restore the version and RNG states (weights arrive through load_weights, as after any update)."""
-        from diffrl.platform.checkpoint import restore_rng
-
+    def load_role_state(self, state: dict[str, Any]) -> None:
+        """Restore the version (weights arrive through load_weights, as after any update)."""
         self.weight_version = int(state["weight_version"])
-        restore_rng(state["rng"])
 
-    def health(self) -> dict[str, Any]:
-        return {"ready": self.model is not None, "weight_version": self.weight_version, "incarnation": self.incarnation}
+    def status(self) -> dict[str, Any]:
+        return {"weight_version": self.weight_version}

@@ -8,15 +8,10 @@ import os
 import sys
 
 
-def _job_kinds() -> dict:
-    from diffrl.platform.rl_loop import run_rl
-
-    return {"rl": run_rl}
-
-
 def cmd_run(args: argparse.Namespace) -> int:
+    from diffrl.kinds import kind_of, load_job
     from diffrl.platform.checkpoint import CheckpointError
-    from diffrl.platform.config import ConfigError, load_job
+    from diffrl.platform.config import ConfigError
 
     overrides = list(args.overrides)
     if args.address:
@@ -30,9 +25,10 @@ def cmd_run(args: argparse.Namespace) -> int:
         print(f"{args.job}: valid {cfg.kind} job")
         return 0
     from diffrl.platform.runs import RunFinished
+    from diffrl.platform.runtime import run_job
 
     try:
-        _job_kinds()[cfg.kind](cfg, resume=args.resume)
+        run_job(kind_of(cfg), cfg, resume=args.resume)
     except RunFinished as done:
         print(f"diffrl: {done}")
         return 0
@@ -43,7 +39,7 @@ def cmd_run(args: argparse.Namespace) -> int:
 
 
 def cmd_pretrain(args: argparse.Namespace) -> int:
-    from diffrl.platform.pretrain_shapes import pretrain_shapes
+    from diffrl.kinds.pretrain.shapes_recipe import pretrain_shapes
 
     pretrain_shapes(out_dir=args.out, minutes=args.minutes, steps=args.steps, seed=args.seed)
     return 0

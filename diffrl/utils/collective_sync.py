@@ -17,8 +17,8 @@ from datetime import timedelta
 import torch
 import torch.distributed as dist
 
-from diffrl.cluster.local import pin_loopback_interfaces
-from diffrl.platform.weight_sync import TensorSlot, WeightPayload
+from diffrl.utils.net import pin_loopback_interfaces
+from diffrl.utils.weight_sync import TensorSlot, WeightPayload
 
 
 @dataclass(frozen=True)

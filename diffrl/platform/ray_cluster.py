@@ -5,16 +5,6 @@ from __future__ import annotations
 import os
 
 
-def pin_loopback_interfaces() -> None:
-    """Point gloo and NCCL at the loopback interface (lo, or lo0 on macOS) unless the user set GLOO_SOCKET_IFNAME /
-    NCCL_SOCKET_IFNAME: the learner group and the weight-broadcast group then never listen on other interfaces."""
-    import socket
-
-    loopback = next((name for _, name in socket.if_nameindex() if name.startswith("lo")), "lo")
-    os.environ.setdefault("GLOO_SOCKET_IFNAME", loopback)
-    os.environ.setdefault("NCCL_SOCKET_IFNAME", loopback)
-
-
 def _is_loopback(address: str) -> bool:
     host = address.split("://")[-1].rsplit(":", 1)[0].strip("[]")
     return host in ("127.0.0.1", "localhost", "::1")

@@ -12,7 +12,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from diffrl.rewards.geneval import relative_position
+from diffrl.envs.geometry import relative_position
 
 SHAPES = ("circle", "square", "triangle")
 COLORS = {"red": (255, 0, 0), "green": (0, 255, 0), "blue": (0, 0, 255)}

@@ -19,7 +19,7 @@ from tqdm import tqdm
 
 from diffrl.algorithms.awm import ema_update_
 from diffrl.models.registry import shapes_vocabulary
-from diffrl.models.shapes_world import TAGS, prompt_splits, render_prompt
+from diffrl.envs.shapes import TAGS, prompt_splits, render_prompt
 from diffrl.models.tiny_t2i import TinyT2I
 from diffrl.rewards.builtin import geneval_shapes
 from diffrl.workers.sampling import sample

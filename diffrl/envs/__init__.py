@@ -1,0 +1,1 @@
+"""Environments: procedural worlds (prompts, renders, ground truth) that models, rewards and jobs share."""

@@ -1,0 +1,63 @@
+"""The job-kind registry: every kind the CLI, `--check`, `diffrl submit`, the cluster templates and the report
+know. A kind is registered with one line at the bottom of this file (or by `register` from any module, e.g. a
+test or a plug-in)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from diffrl.platform.config import ConfigError, JobConfig, read_job_file, validate_job
+from diffrl.platform.kind import JobKind
+from diffrl.platform.roles import check_colocation
+
+KINDS: dict[str, JobKind] = {}
+
+
+def register(kind: JobKind) -> JobKind:
+    """Add `kind` to the registry (a kind of the same name is replaced)."""
+    KINDS[kind.name] = kind
+    return kind
+
+
+def get_kind(name: str) -> JobKind:
+    if name not in KINDS:
+        raise ConfigError(f"kind: got {name!r}; allowed: {sorted(KINDS)}")
+    return KINDS[name]
+
+
+def kind_of(cfg: JobConfig) -> JobKind:
+    return get_kind(cfg.kind)
+
+
+def parse_job(data: dict, source: str = "<dict>") -> JobConfig:
+    """Validate a job dict completely — its kind's config, then the roles it derives (colocation) — and raise
+    ConfigError naming every bad key path before any work starts."""
+    if not isinstance(data, dict):
+        raise ConfigError(f"{source}: a job file must be a mapping of keys, got {type(data).__name__}")
+    name = data.get("kind", "rl")
+    if name not in KINDS:
+        raise ConfigError(f"invalid job config ({source}):\n  kind: got {name!r}; allowed: {sorted(KINDS)}")
+    kind = KINDS[name]
+    cfg = validate_job(kind.config, {**data, "kind": name}, source)
+    try:
+        check_colocation(kind.roles(cfg), cfg.ray.colocate)
+    except ValueError as err:
+        raise ConfigError(f"invalid job config ({source}):\n  {err}") from None
+    return cfg
+
+
+def load_job(path: str | Path, overrides: list[str] | None = None) -> JobConfig:
+    """Read a YAML job file, apply dotted overrides and validate it."""
+    return parse_job(read_job_file(path, overrides), source=str(path))
+
+
+from diffrl.kinds import rl  # noqa: E402  (the built-in kinds, one registration line each)
+
+register(rl.KIND)
+
+
+def run_job(cfg: JobConfig, resume: bool = False, echo=print) -> dict:
+    """Run a validated job with its kind's roles and controller (what `diffrl run` does); returns the summary."""
+    from diffrl.platform.runtime import run_job as run_kind
+
+    return run_kind(kind_of(cfg), cfg, resume=resume, echo=echo)

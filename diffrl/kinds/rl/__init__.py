@@ -1,0 +1,21 @@
+"""`kind: rl`: RL post-training of text-to-image diffusion/flow models (AWM, Flow-GRPO, DiffusionNFT; Sol-RL)."""
+
+from __future__ import annotations
+
+from diffrl.kinds.rl.config import RLJobConfig
+from diffrl.kinds.rl.roles import rl_roles
+from diffrl.platform.kind import JobKind
+
+
+def _run(ctx):
+    from diffrl.kinds.rl.controller import run
+
+    return run(ctx)
+
+
+def _files(cfg: RLJobConfig) -> dict[str, str]:
+    return {f"data.{key}": value for key in ("train_file", "eval_file")
+            if (value := getattr(cfg.data, key)) is not None}
+
+
+KIND = JobKind("rl", RLJobConfig, rl_roles, _run, _files)

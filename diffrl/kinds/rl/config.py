@@ -1,0 +1,290 @@
+"""The RL job's typed config: model, rollout (with Sol-RL), learner (AWM, Flow-GRPO, DiffusionNFT), rewards, prompt
+data and the trainer's eval settings, on top of the base every job kind shares."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, ClassVar, Literal
+
+from pydantic import Field, model_validator
+
+from diffrl.platform.config import BASE_RESUMABLE, RESOURCES_HELP, JobConfig, Resources, Section, TrainerBase
+
+
+class LoraConfig(Section):
+    enabled: bool = False
+    rank: int = Field(8, ge=1)
+    alpha: float = Field(16.0, gt=0)
+    target_modules: list[str] | None = Field(None, description="None uses the model adapter's defaults")
+
+
+class ModelConfig(Section):
+    name: Literal["tiny_t2i", "sd3", "flux", "sana"] = Field(
+        "tiny_t2i", description="tiny_t2i (built in), or a diffusers pipeline: sd3 (SD3/SD3.5), flux (FLUX.1), sana"
+    )
+    path: str | None = Field(
+        "builtin:shapes_base",
+        description="weights: builtin:NAME, a local directory, or a model id already in the local HF cache",
+    )
+    resolution: int = Field(512, ge=8, description="image side in pixels (diffusers models)")
+    max_sequence_length: int = Field(256, ge=1, description="text tokens for T5/Gemma encoders (diffusers models)")
+    dtype: Literal["fp32", "bf16"] = Field("fp32", description="dtype the diffusers pipeline loads in")
+    guidance: float = Field(3.5, ge=0, description="FLUX.1-dev's distilled guidance value (ignored elsewhere)")
+    lora: LoraConfig = LoraConfig()
+
+
+class SolConfig(Section):
+    """Sol-RL (arXiv 2604.06916): explore a pool of seeds in low precision, regenerate the chosen ones."""
+
+    pool_size: int = Field(96, ge=2, description="candidate seeds per prompt explored by the low-precision copy")
+    select: Literal["best_worst", "mean_deviation", "random"] = "best_worst"
+    explore_steps: int = Field(6, ge=1, description="deterministic ODE steps of the exploration copy")
+    explore_precision: Literal["fp32", "bf16", "nvfp4", "fp8"] = "nvfp4"
+    explore_guidance_scale: float = Field(1.0, ge=1.0, description="CFG while exploring (Sol-RL: none)")
+    explore_workers: int = Field(1, ge=1)
+    explore_cpus_per_worker: float = Field(1.0, gt=0)
+    explore_gpus_per_worker: float = Field(0.0, ge=0)
+    explore_resources: Resources = Field(default_factory=dict, description=RESOURCES_HELP)
+    colocate: bool = Field(False, description="explore workers share the rollout workers' resource bundles "
+                                              "(explore worker i on rollout bundle i, fractional GPUs)")
+    regenerate: bool = Field(True, description="False trains on the exploration samples themselves (ablation)")
+    audit_prompts: int = Field(1, ge=0, description="prompts per step whose whole pool is also regenerated in full "
+                                                    "precision to measure top-K agreement (0: off)")
+
+
+class RolloutConfig(Section):
+    num_workers: int = Field(1, ge=1)
+    cpus_per_worker: float = Field(1.0, gt=0)
+    gpus_per_worker: float = Field(0.0, ge=0)
+    resources: Resources = Field(default_factory=dict, description=RESOURCES_HELP)
+    max_restarts: int = Field(3, ge=0, description="a dead rollout (or explore) worker is restarted this often, given "
+                                                   "the current weights, and its shard re-sent (Ray backend)")
+    prompts_per_step: int = Field(8, ge=1, description="distinct prompts per RL step")
+    group_size: int = Field(8, ge=2, description="samples per prompt; advantages are computed within a group")
+    num_steps: int = Field(10, ge=1, description="sampler steps per rollout")
+    sampler: Literal["ode", "sde", "cps"] = Field("ode", description="ode, Flow-GRPO's sde, or cps (coefficient-preserving)")
+    noise_level: float = Field(0.7, ge=0, le=1.0, description="SDE/CPS noise level a")
+    sde_window: int = Field(
+        0, ge=0, description="Flow-GRPO-Fast: SDE only inside a random window of this many steps in the first half "
+        "(only those steps are stored and trained); 0 makes every step but the last stochastic",
+    )
+    guidance_scale: float = Field(1.0, ge=1.0, description="classifier-free guidance (1 disables; Flow-GRPO trains with it)")
+    precision: Literal["fp32", "bf16", "nvfp4", "fp8"] = Field(
+        "fp32", description="nvfp4: linear layers fake-quantized (or transformer-engine on 10.x GPUs); fp8: 9.x GPUs"
+    )
+    quant_backend: Literal["auto", "emulated", "transformer_engine"] = Field(
+        "auto", description="auto: transformer-engine when the GPU supports the precision, else emulated NVFP4"
+    )
+    quant_skip: list[str] | None = Field(None, description="regexes of layer names kept in full precision")
+    quant_min_features: int = Field(16, ge=1, description="layers with fewer in/out features stay full precision")
+    batch_size: int = Field(64, ge=1, description="samples per forward pass inside a worker")
+    strategy: Literal["standard", "sol"] = Field("standard", description="sol: Sol-RL explore / select / regenerate")
+    sol: SolConfig = SolConfig()
+
+
+class AWMConfig(Section):
+    """Advantage Weighted Matching (arXiv 2509.25050); defaults from ALGORITHMS.md, tuned for the shapes world."""
+
+    num_timesteps: int = Field(6, ge=1, description="training timesteps per sample (strata of the rollout grid)")
+    timestep_fraction: float = Field(0.9, gt=0, le=1, description="strata cover grid steps [1, fraction * steps)")
+    huber_p: float = Field(0.25, gt=0, le=1)
+    kl_beta: float = Field(1e-3, ge=0, description="weight of ||v - v_ref||^2 to the frozen base")
+    ema_beta: float = Field(0.0, ge=0, description="weight of the EMA trust region ||v - v_ema||^2; 0 disables")
+    ema_rate: float = Field(1e-3, ge=0)
+    ema_max_decay: float = Field(0.3, ge=0, lt=1)
+    adv_clip: float = Field(5.0, gt=0)
+    negative_scale: float = Field(1.0, ge=0, le=1, description="multiplies negative advantages (collapse guard)")
+    global_std: bool = False
+    shared_noise: bool = Field(False, description="one set of training timesteps and noise per prompt group")
+
+
+class FlowGRPOConfig(Section):
+    """Flow-GRPO (arXiv 2505.05470); defaults from the GenEval preset of yifan123/flow_grpo (ALGORITHMS.md)."""
+
+    clip_range: float = Field(1e-4, gt=0, description="PPO ratio clip eps")
+    clip_range_high: float | None = Field(None, gt=0, description="asymmetric upper clip; None uses clip_range")
+    kl_beta: float = Field(0.04, ge=0, description="weight of the KL to the reference policy's step means")
+    timestep_fraction: float = Field(1.0, gt=0, le=1, description="share of the stored steps trained per sample")
+    adv_clip: float = Field(5.0, gt=0)
+    global_std: bool = Field(True, description="advantage std over the whole batch (the presets' default)")
+
+
+class NFTConfig(Section):
+    """DiffusionNFT as Sol-RL trains it (NVlabs/Sana train_scripts/sol_rl; ALGORITHMS.md)."""
+
+    num_timesteps: int = Field(6, ge=1, description="training timesteps per sample (strata of the rollout grid)")
+    timestep_fraction: float = Field(0.9, gt=0, le=1, description="strata cover grid steps [1, fraction * steps)")
+    beta: float = Field(1.0, gt=0, description="mixing of the implicit positive/negative policies")
+    kl_weight: float = Field(1e-4, ge=0, description="weight of ||v - v_ref||^2")
+    adv_clip: float = Field(5.0, gt=0)
+    global_std: bool = False
+    old_decay_rate: float = Field(1e-3, ge=0, description="old-policy EMA decay = min(rate * step, max)")
+    old_max_decay: float = Field(0.5, ge=0, lt=1)
+
+
+class LearnerConfig(Section):
+    num_workers: int = Field(1, ge=1, description="data-parallel DeepSpeed ranks")
+    cpus_per_worker: float = Field(1.0, gt=0)
+    gpus_per_worker: float = Field(0.0, ge=0)
+    resources: Resources = Field(default_factory=dict, description=RESOURCES_HELP)
+    algorithm: Literal["awm", "flow_grpo", "nft"] = "awm"
+    lr: float = Field(2e-4, gt=0)
+    weight_decay: float = Field(1e-4, ge=0)
+    betas: tuple[float, float] = (0.9, 0.999)
+    grad_clip: float = Field(1.0, ge=0, description="0 disables clipping")
+    warmup_steps: int = Field(0, ge=0, description="linear learning-rate warm-up over this many updates (0: none)")
+    zero_stage: Literal[0, 1, 2, 3] = Field(0, description="ZeRO stage; 3 partitions parameters (gathered for sync)")
+    micro_batch_size: int = Field(64, ge=1, description="(sample, timestep) rows per forward/backward")
+    sync_bucket_mb: float = Field(64.0, gt=0, description="weight sync packs tensors into flat buckets of this size")
+    sync_backend: Literal["object_store", "broadcast"] = Field(
+        "object_store", description="object_store: one payload through Ray; broadcast: a collective from learner rank 0 "
+        "to the inference workers (NCCL on GPUs, gloo on CPU)",
+    )
+    eval_ema_decay: float = Field(
+        0.0, ge=0, lt=1, description="EMA of the trained weights used for held-out eval and the final weights; 0: off"
+    )
+    awm: AWMConfig = AWMConfig()
+    flow_grpo: FlowGRPOConfig = FlowGRPOConfig()
+    nft: NFTConfig = NFTConfig()
+
+
+class RewardSpec(Section):
+    name: str = Field(description="a registered name, pkg.module:factory, path/file.py:factory, or a server URL")
+    weight: float = 1.0
+    kwargs: dict[str, Any] = {}
+    retries: int = Field(2, ge=0, description="extra attempts after a failure (exception, bad output, timeout)")
+    timeout_s: float | None = Field(None, gt=0, description="seconds one call may take; None waits forever")
+    backoff_s: float = Field(0.5, ge=0, description="wait before retry i is backoff_s * 2**i")
+    num_workers: int | None = Field(None, ge=1, description="replicas of this reward (None: reward.num_workers)")
+    cpus_per_worker: float | None = Field(None, gt=0, description="None: reward.cpus_per_worker")
+    gpus_per_worker: float = Field(0.0, ge=0, description="fractional GPUs per replica")
+    resources: Resources | None = Field(None, description="custom Ray resources per replica (None: reward.resources)")
+    python: str | None = Field(None, description="Python interpreter of the environment the replicas run in (Ray "
+                                                 "backend), e.g. a vLLM environment with vllm, ray and diffrl")
+
+
+class RewardConfig(Section):
+    """Each reward runs in its own worker group (replicas, CPUs/GPUs); the job's reward is their weighted sum."""
+
+    rewards: list[RewardSpec] = Field(default_factory=lambda: [RewardSpec(name="geneval_shapes")], min_length=1)
+    num_workers: int = Field(1, ge=1, description="default replicas per reward")
+    cpus_per_worker: float = Field(0.5, gt=0, description="default CPUs per replica")
+    resources: Resources = Field(default_factory=dict, description=RESOURCES_HELP)
+    max_restarts: int = Field(3, ge=0, description="a crashed reward replica is restarted this often; its batch is "
+                                                   "re-sent (Ray backend)")
+
+
+class DataConfig(Section):
+    source: Literal["shapes", "files"] = Field(
+        "shapes", description="shapes: the built-in shapes world; files: train_file and eval_file (Flow-GRPO formats)"
+    )
+    heldout_fraction: float = Field(0.25, gt=0, lt=1, description="share of shapes prompts held out for eval")
+    split_seed: int = 0
+    train_file: str | None = Field(None, description=".txt (one prompt per line) or .jsonl (GenEval metadata)")
+    eval_file: str | None = Field(None, description="held-out prompts, same formats")
+
+    @model_validator(mode="after")
+    def _check_files(self) -> DataConfig:
+        if self.source == "files":
+            for key in ("train_file", "eval_file"):
+                value = getattr(self, key)
+                if value is None:
+                    raise ValueError(f"data.source=files needs data.{key}")
+                if not Path(value).is_file():
+                    raise ValueError(f"data.{key}: file not found: {value}")
+                if Path(value).suffix not in (".txt", ".jsonl"):
+                    raise ValueError(f"data.{key}: {value} must be .txt or .jsonl")
+        return self
+
+
+class TrainerConfig(TrainerBase):
+    """The base cadence plus the RL held-out eval: which prompts, how many seeds, the headline metric."""
+
+    eval_prompts: Literal["heldout", "train"] = "heldout"
+    eval_seeds_per_prompt: int = Field(16, ge=1)
+    sample_grid_prompts: int = Field(8, ge=1)
+    eval_metric: str = Field("geneval_shapes/strict", description="reward detail averaged over tags for the headline")
+    eval_label: str = "GenEval-shapes"
+
+
+class RLJobConfig(JobConfig):
+    kind: Literal["rl"] = "rl"
+    # What a resumed RL run may change besides the base keys: resources of every role, restarts, retries and
+    # micro-batching of stateless roles. Anything else (model, algorithm, batch shape, learner ranks, seeds) would
+    # make the continuation a different run.
+    RESUMABLE: ClassVar[tuple[str, ...]] = BASE_RESUMABLE + (
+        "rollout.num_workers", "rollout.cpus_per_worker", "rollout.gpus_per_worker",
+        "rollout.resources", "rollout.max_restarts", "rollout.batch_size", "rollout.sol.explore_workers",
+        "rollout.sol.explore_cpus_per_worker", "rollout.sol.explore_gpus_per_worker", "rollout.sol.explore_resources",
+        "rollout.sol.colocate", "learner.cpus_per_worker", "learner.gpus_per_worker", "learner.resources",
+        "reward.num_workers", "reward.cpus_per_worker", "reward.resources", "reward.max_restarts",
+        "reward.rewards.*.num_workers", "reward.rewards.*.cpus_per_worker", "reward.rewards.*.gpus_per_worker",
+        "reward.rewards.*.resources", "reward.rewards.*.retries", "reward.rewards.*.timeout_s",
+        "reward.rewards.*.backoff_s", "reward.rewards.*.python",
+    )
+
+    model: ModelConfig = ModelConfig()
+    rollout: RolloutConfig = RolloutConfig()
+    learner: LearnerConfig = LearnerConfig()
+    reward: RewardConfig = RewardConfig()
+    data: DataConfig = DataConfig()
+    trainer: TrainerConfig = TrainerConfig()
+
+    @model_validator(mode="after")
+    def _check_batch_split(self) -> RLJobConfig:
+        total = self.rollout.prompts_per_step * self.rollout.group_size
+        if total % self.learner.num_workers:
+            raise ValueError(
+                f"learner.num_workers={self.learner.num_workers} must divide the batch "
+                f"rollout.prompts_per_step * rollout.group_size = {total}"
+            )
+        algorithm = self.learner.algorithm
+        if algorithm in ("awm", "nft"):
+            section = getattr(self.learner, algorithm)
+            wanted = section.num_timesteps
+            # Training samples come from the rollout grid, or from the exploration grid when Sol-RL trains on its
+            # exploration samples directly.
+            trained_on_explore = self.rollout.strategy == "sol" and not self.rollout.sol.regenerate
+            steps_key = "rollout.sol.explore_steps" if trained_on_explore else "rollout.num_steps"
+            steps = self.rollout.sol.explore_steps if trained_on_explore else self.rollout.num_steps
+            strata = int(steps * section.timestep_fraction) - 1  # grid indices [1, fraction * steps)
+            if wanted > strata:
+                raise ValueError(
+                    f"learner.{algorithm}.num_timesteps={wanted} exceeds the {max(strata, 0)} training timesteps "
+                    f"that {steps_key}={steps} offers; lower it or raise the steps"
+                )
+        if algorithm == "flow_grpo" and self.rollout.sampler == "ode":
+            raise ValueError("learner.algorithm=flow_grpo needs stochastic rollouts with log-probs: "
+                             "set rollout.sampler to sde or cps")
+        if self.rollout.strategy == "sol":
+            sol = self.rollout.sol
+            if sol.pool_size < self.rollout.group_size:
+                raise ValueError(f"rollout.sol.pool_size={sol.pool_size} must be at least rollout.group_size="
+                                 f"{self.rollout.group_size} (the seeds chosen per prompt)")
+            if sol.select == "best_worst" and self.rollout.group_size % 2:
+                raise ValueError(f"rollout.sol.select=best_worst needs an even rollout.group_size, got "
+                                 f"{self.rollout.group_size}")
+            if sol.colocate and sol.explore_workers > self.rollout.num_workers:
+                raise ValueError(f"rollout.sol.colocate needs rollout.sol.explore_workers={sol.explore_workers} <= "
+                                 f"rollout.num_workers={self.rollout.num_workers} (one bundle each)")
+            if algorithm == "flow_grpo" and not sol.regenerate:
+                raise ValueError("rollout.sol.regenerate=false trains on ODE exploration samples, which carry no "
+                                 "Flow-GRPO log-probs; use awm or nft")
+        if self.rollout.precision == "fp8" and self.rollout.quant_backend == "emulated":
+            raise ValueError("rollout.precision=fp8 runs through transformer-engine only; emulation covers nvfp4")
+        if self.rollout.sde_window and self.rollout.sde_window > self.rollout.num_steps // 2:
+            raise ValueError(f"rollout.sde_window={self.rollout.sde_window} must fit in the first half of "
+                             f"rollout.num_steps={self.rollout.num_steps}")
+        if self.learner.sync_backend == "broadcast":
+            if self.backend == "local":
+                raise ValueError("learner.sync_backend=broadcast needs backend: ray (a collective needs one process "
+                                 "per member)")
+            if self.learner.zero_stage == 3:
+                raise ValueError("learner.sync_backend=broadcast does not support learner.zero_stage=3 yet; use "
+                                 "object_store")
+        if self.learner.zero_stage == 3 and (self.trainer.checkpoint_every or self.resume == "auto"):
+            raise ValueError("trainer.checkpoint_every / resume: auto need learner.zero_stage 0-2 (exact checkpoints "
+                             "of ZeRO-3 partitions are not supported yet; final weights are still saved)")
+        if self.backend == "local" and self.learner.num_workers > 1:
+            raise ValueError("backend: local runs one learner; set learner.num_workers=1 or backend: ray")
+        return self

@@ -1,0 +1,68 @@
+"""The RL job's prompts: the shapes world's splits or Flow-GRPO-format prompt files, and the sample requests of a
+training step or a held-out eval (each sample with its own seed)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+
+from diffrl.kinds.rl.config import RLJobConfig
+from diffrl.workers.batch import SampleRequest
+
+EVAL_SEED_BASE = 1_000_000_000  # eval seeds never collide with training seeds (< 2**30)
+
+
+def prompt_splits(cfg: RLJobConfig) -> tuple[list[dict], list[dict]]:
+    """(train, eval) prompt entries, each a dict with "prompt" and any reward metadata."""
+    if cfg.data.source == "files":
+        return read_prompt_file(cfg.data.train_file), read_prompt_file(cfg.data.eval_file)
+    from diffrl.envs.shapes import prompt_splits as shapes_splits
+
+    return shapes_splits(heldout_fraction=cfg.data.heldout_fraction, seed=cfg.data.split_seed)
+
+
+def read_prompt_file(path: str) -> list[dict]:
+    """Flow-GRPO's prompt files: .txt has one prompt per line (OCR, PickScore); .jsonl has one GenEval metadata
+    object per line with its "prompt" (and tag, include, exclude). Errors name the file and line."""
+    entries = []
+    for number, line in enumerate(Path(path).read_text().splitlines(), start=1):
+        if not line.strip():
+            continue
+        if path.endswith(".jsonl"):
+            try:
+                entry = json.loads(line)
+            except json.JSONDecodeError as err:
+                raise ValueError(f"{path}:{number}: not valid JSON: {err}") from None
+            if not isinstance(entry, dict) or not isinstance(entry.get("prompt"), str):
+                raise ValueError(f"{path}:{number}: each line must be an object with a string 'prompt'")
+        else:
+            entry = {"prompt": line.strip()}
+        entries.append(entry)
+    if not entries:
+        raise ValueError(f"{path}: no prompts")
+    return entries
+
+
+def step_requests(prompts: list[dict], cfg: RLJobConfig, step: int, group_size: int | None = None) -> list[SampleRequest]:
+    """The step's prompts (deterministic in (seed, step)) times `group_size` (default rollout.group_size) samples,
+    each with its own seed. Sol-RL asks for its whole candidate pool this way."""
+    size = group_size or cfg.rollout.group_size
+    rng = np.random.default_rng([cfg.seed, step])
+    k = cfg.rollout.prompts_per_step
+    chosen = rng.choice(len(prompts), size=k, replace=k > len(prompts))
+    seeds = rng.integers(0, 2**30, size=k * size)
+    return [
+        SampleRequest(prompts[p]["prompt"], prompts[p], group, int(seeds[group * size + j]))
+        for group, p in enumerate(chosen)
+        for j in range(size)
+    ]
+
+
+def eval_requests(prompts: list[dict], seeds_per_prompt: int) -> list[SampleRequest]:
+    return [
+        SampleRequest(entry["prompt"], entry, group, EVAL_SEED_BASE + j)
+        for group, entry in enumerate(prompts)
+        for j in range(seeds_per_prompt)
+    ]

@@ -1,0 +1,70 @@
+"""The RL job's roles: rollout workers, one reward group per reward, the DeepSpeed learner ranks and, under Sol-RL,
+the low-precision exploration workers."""
+
+from __future__ import annotations
+
+from diffrl.kinds.rl.config import RLJobConfig
+from diffrl.kinds.rl.sync import WeightSync
+from diffrl.platform.roles import RoleSpec
+from diffrl.platform.runtime import Roles, start_roles
+
+ROLLOUT = "diffrl.workers.rollout:RolloutWorker"
+REWARD = "diffrl.workers.reward:RewardWorker"
+LEARNER = "diffrl.workers.learner:LearnerWorker"
+
+
+def reward_role(index: int) -> str:
+    return f"reward{index}"
+
+
+def rl_roles(cfg: RLJobConfig) -> list[RoleSpec]:
+    """rollout, reward0.. (one per reward of the job), learner and (Sol-RL) explore, in set-up order."""
+    model, rollout, learner = cfg.model.model_dump(), cfg.rollout.model_dump(), cfg.learner.model_dump()
+    store_trajectory = cfg.learner.algorithm == "flow_grpo"  # Flow-GRPO trains on the stored SDE steps
+    specs = [RoleSpec("rollout", ROLLOUT, ((model, rollout, store_trajectory),) * cfg.rollout.num_workers,
+                      cfg.rollout.cpus_per_worker, cfg.rollout.gpus_per_worker, dict(cfg.rollout.resources),
+                      cfg.rollout.max_restarts)]
+    for index, spec in enumerate(cfg.reward.rewards):
+        workers = spec.num_workers or cfg.reward.num_workers
+        specs.append(RoleSpec(
+            reward_role(index), REWARD, (([spec.model_dump()],),) * workers,
+            spec.cpus_per_worker or cfg.reward.cpus_per_worker, spec.gpus_per_worker,
+            dict(spec.resources if spec.resources is not None else cfg.reward.resources), cfg.reward.max_restarts,
+            label=f"reward '{spec.name}'", runtime_env={"py_executable": spec.python} if spec.python else {}))
+    ranks = cfg.learner.num_workers
+    samples_per_rank = cfg.rollout.prompts_per_step * cfg.rollout.group_size // ranks
+    specs.append(RoleSpec("learner", LEARNER,
+                          tuple((rank, ranks, model, learner, samples_per_rank, rollout) for rank in range(ranks)),
+                          cfg.learner.cpus_per_worker, cfg.learner.gpus_per_worker, dict(cfg.learner.resources),
+                          max_restarts=0, collective=True))
+    if cfg.rollout.strategy == "sol":
+        sol = cfg.rollout.sol
+        explore = {**rollout, "precision": sol.explore_precision, "num_steps": sol.explore_steps, "sampler": "ode",
+                   "sde_window": 0, "guidance_scale": sol.explore_guidance_scale}
+        specs.append(RoleSpec("explore", ROLLOUT, ((model, explore, False),) * sol.explore_workers,
+                              sol.explore_cpus_per_worker, sol.explore_gpus_per_worker, dict(sol.explore_resources),
+                              cfg.rollout.max_restarts, colocate_with="rollout" if sol.colocate else None))
+    return specs
+
+
+class RLRoles:
+    """The RL job's live groups by what they do, and their weight sync (which installs the inference groups'
+    restore hooks). The controller, tests and benchmarks use it."""
+
+    def __init__(self, roles: Roles, cfg: RLJobConfig) -> None:
+        self.roles = roles
+        self.rollout, self.learner, self.explore = roles["rollout"], roles["learner"], roles.get("explore")
+        self.rewards = [roles[reward_role(i)] for i in range(len(cfg.reward.rewards))]
+        self.sync = WeightSync(roles, cfg)
+
+    @property
+    def pools(self) -> list:
+        return self.roles.pools
+
+    def shutdown(self) -> None:
+        self.roles.shutdown()
+
+
+def start_rl_roles(cfg: RLJobConfig) -> RLRoles:
+    """Start the RL roles outside a run (tests, benchmarks); `shutdown()` stops them."""
+    return RLRoles(start_roles(cfg, rl_roles(cfg)), cfg)
