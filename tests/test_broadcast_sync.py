@@ -7,7 +7,7 @@ from diffrl.models.tiny_t2i import TinyT2I
 from diffrl.kinds import parse_job
 from diffrl.kinds.rl.controller import compute_advantages
 from diffrl.kinds.rl.data import prompt_splits, step_requests
-from diffrl.kinds.rl.scoring import generate_and_score
+from diffrl.kinds.rollouts import generate_and_score
 from diffrl.kinds.rl.roles import start_rl_roles as start_roles
 
 

@@ -300,7 +300,7 @@ from diffrl.platform.ray_cluster import connect_ray
 from diffrl.kinds import load_job
 from diffrl.kinds.rl.controller import compute_advantages
 from diffrl.kinds.rl.data import prompt_splits, step_requests
-from diffrl.kinds.rl.scoring import generate_and_score
+from diffrl.kinds.rollouts import generate_and_score
 from diffrl.kinds.rl.roles import start_rl_roles as start_roles
 from diffrl.platform.worker import split_evenly
 

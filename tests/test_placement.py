@@ -8,7 +8,7 @@ from diffrl.kinds import load_job
 from diffrl.platform.config import ConfigError
 from diffrl.kinds.rl.controller import compute_advantages
 from diffrl.kinds.rl.data import prompt_splits, step_requests
-from diffrl.kinds.rl.scoring import generate_and_score
+from diffrl.kinds.rollouts import generate_and_score
 from diffrl.kinds.rl.roles import start_rl_roles as start_roles
 
 JOB = "configs/shapes_awm.yaml"

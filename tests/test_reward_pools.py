@@ -8,7 +8,7 @@ import numpy as np
 import ray
 
 from diffrl.platform.ray_backend import RayBackend, ResourcePool
-from diffrl.kinds.rl.scoring import score_async
+from diffrl.kinds.rollouts import score_async
 from diffrl.platform.worker import Placement, WorkerGroup
 from diffrl.rewards.base import RewardOutput
 from diffrl.workers.batch import RolloutBatch

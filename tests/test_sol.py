@@ -3,6 +3,7 @@
 import json
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 from torch.nn import functional as F
@@ -44,14 +45,17 @@ def test_mean_deviation_and_random_rules():
         select_seeds(rewards, 2, "best")
 
 
-def test_rank_statistics_match_scipy():
-    stats = pytest.importorskip("scipy.stats")
-    g = torch.Generator().manual_seed(2)
-    for _ in range(5):
-        a = torch.randint(0, 5, (20,), generator=g).float()  # many ties
-        b = a + torch.randn(20, generator=g)
-        assert kendall_tau(a, b) == pytest.approx(stats.kendalltau(a.numpy(), b.numpy()).statistic, abs=1e-12)
-        assert spearman_rho(a, b) == pytest.approx(stats.spearmanr(a.numpy(), b.numpy()).statistic, abs=1e-12)
+def test_rank_statistics_by_hand():
+    a, b = torch.tensor([1.0, 2, 3, 4]), torch.tensor([1.0, 3, 2, 4])  # one discordant pair of six
+    assert kendall_tau(a, b) == pytest.approx((5 - 1) / 6)
+    assert spearman_rho(a, b) == pytest.approx(1 - 6 * 2 / (4 * (16 - 1)))  # sum of squared rank gaps = 2
+    assert kendall_tau(a, -a) == pytest.approx(-1.0) and spearman_rho(a, a * 10) == pytest.approx(1.0)
+    ties, other = torch.tensor([1.0, 1, 2]), torch.tensor([1.0, 2, 3])
+    # tau-b: concordant 2, discordant 0, pairs untied in ties 2 and in other 3 -> 2 / sqrt(2 * 3)
+    assert kendall_tau(ties, other) == pytest.approx(2 / 6**0.5)
+    # average ranks (1.5, 1.5, 3) against (1, 2, 3): Pearson correlation of the ranks
+    assert spearman_rho(ties, other) == pytest.approx(1.5 / (1.5**0.5 * 2**0.5))
+    assert np.isnan(kendall_tau(torch.ones(4), a)) and np.isnan(spearman_rho(a, torch.ones(4)))
     assert top_k_agreement(torch.tensor([4.0, 3, 2, 1]), torch.tensor([4.0, 1, 3, 2]), 2) == 0.5
 
 

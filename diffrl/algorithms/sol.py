@@ -11,7 +11,9 @@ Ties are broken by pool position (stable sorts), so a selection is deterministic
 
 from __future__ import annotations
 
+import numpy as np
 import torch
+from scipy import stats
 from torch import Tensor
 
 SELECTIONS = ("best_worst", "mean_deviation", "random")
@@ -39,38 +41,24 @@ def select_seeds(rewards: Tensor, k: int, rule: str, generator: torch.Generator 
     return torch.sort(chosen, dim=1).values
 
 
-def _ranks(x: Tensor) -> Tensor:
-    """Average ranks (ties share the mean rank), 1-based, float64."""
-    x = x.double()
-    order = torch.argsort(x, stable=True)
-    ranks = torch.empty_like(x)
-    ranks[order] = torch.arange(1, len(x) + 1, dtype=torch.float64)
-    for value in torch.unique(x):
-        tied = x == value
-        if int(tied.sum()) > 1:
-            ranks[tied] = ranks[tied].mean()
-    return ranks
-
-
 def spearman_rho(a: Tensor, b: Tensor) -> float:
-    """Spearman's rank correlation (Pearson correlation of average ranks); nan when either side is constant."""
-    ra, rb = _ranks(a), _ranks(b)
-    ra, rb = ra - ra.mean(), rb - rb.mean()
-    denominator = torch.sqrt((ra**2).sum() * (rb**2).sum())
-    return float((ra * rb).sum() / denominator) if denominator > 0 else float("nan")
+    """Spearman's rank correlation (scipy.stats.spearmanr, average ranks for ties); nan when either side is
+    constant."""
+    return _rank_statistic(stats.spearmanr, a, b)
 
 
 def kendall_tau(a: Tensor, b: Tensor) -> float:
-    """Kendall's tau-b (ties corrected, as scipy.stats.kendalltau's default); nan when either side is constant."""
-    a, b = a.double().flatten(), b.double().flatten()
+    """Kendall's tau-b (scipy.stats.kendalltau, ties corrected); nan when either side is constant."""
+    return _rank_statistic(stats.kendalltau, a, b)
+
+
+def _rank_statistic(statistic, a: Tensor, b: Tensor) -> float:
+    a, b = a.double().flatten().numpy(), b.double().flatten().numpy()
     if a.shape != b.shape:
-        raise ValueError(f"kendall_tau needs equal lengths, got {a.numel()} and {b.numel()}")
-    i, j = torch.triu_indices(len(a), len(a), offset=1)
-    da, db = torch.sign(a[i] - a[j]), torch.sign(b[i] - b[j])
-    concordant_minus_discordant = (da * db).sum()
-    pairs_a, pairs_b = (da != 0).sum(), (db != 0).sum()
-    denominator = torch.sqrt(pairs_a.double() * pairs_b.double())
-    return float(concordant_minus_discordant / denominator) if denominator > 0 else float("nan")
+        raise ValueError(f"rank statistics need equal lengths, got {a.size} and {b.size}")
+    if a.size < 2 or np.all(a == a[0]) or np.all(b == b[0]):
+        return float("nan")
+    return float(statistic(a, b).statistic)
 
 
 def top_k_agreement(explore: Tensor, reference: Tensor, k: int) -> float:

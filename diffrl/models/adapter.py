@@ -26,6 +26,21 @@ def concat_conditioning(conds: Sequence[Conditioning]) -> Conditioning:
     return {key: torch.cat([cond[key] for cond in conds]) for key in conds[0]}
 
 
+def guided_velocity(net, x_t: torch.Tensor, t: torch.Tensor, cond: Conditioning, guidance_scale: float = 1.0,
+                    null_cond: Conditioning | None = None) -> torch.Tensor:
+    """`net`'s velocity at (x_t, t), with classifier-free guidance (Ho & Salimans, arXiv 2207.12598) against
+    `null_cond` (the empty prompt's encoding, one row or one per sample) when guidance_scale != 1:
+    v_uncond + scale * (v_cond - v_uncond), both halves in one batched forward."""
+    if guidance_scale == 1.0:
+        return net(x_t, t, cond)
+    if null_cond is None:
+        raise ValueError("classifier-free guidance needs null_cond (the encoding of the empty prompt)")
+    null = {k: v.expand(len(x_t), *v.shape[1:]) for k, v in null_cond.items()}
+    both = net(torch.cat([x_t, x_t]), torch.cat([t, t]), concat_conditioning([null, cond]))
+    uncond, conditional = both.chunk(2)
+    return uncond + guidance_scale * (conditional - uncond)
+
+
 def encode_each(model: "ModelAdapter", prompts: Sequence[str]) -> Conditioning:
     """Encode prompts one at a time, so that a prompt's encoding never depends on the batch it came in.
 
@@ -62,14 +77,7 @@ class ModelAdapter(nn.Module, ABC):
         null_cond: Conditioning | None = None,
     ) -> torch.Tensor:
         """Velocity at (x_t, t); with guidance_scale != 1, classifier-free guidance against `null_cond`."""
-        net = self.denoiser
-        if guidance_scale == 1.0:
-            return net(x_t, t, cond)
-        if null_cond is None:
-            raise ValueError("classifier-free guidance needs null_cond (the encoding of the empty prompt)")
-        both = net(torch.cat([x_t, x_t]), torch.cat([t, t]), concat_conditioning([null_cond, cond]))
-        uncond, conditional = both.chunk(2)
-        return uncond + guidance_scale * (conditional - uncond)
+        return guided_velocity(self.denoiser, x_t, t, cond, guidance_scale, null_cond)
 
     def initial_noise(self, seeds: Sequence[int]) -> torch.Tensor:
         """The starting noise of each sample, a function of its seed alone (so batch splits never change it)."""

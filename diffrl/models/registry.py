@@ -39,7 +39,7 @@ def build_model(name: str, path: str | None, seed: int = 0, **options: Any) -> M
 def build_model_from_config(model_cfg: dict[str, Any]) -> ModelAdapter:
     """build_model from a job's `model` section (a dict, as workers receive it)."""
     options = {k: model_cfg[k] for k in ("resolution", "max_sequence_length", "dtype", "guidance") if k in model_cfg}
-    return build_model(model_cfg["name"], model_cfg["path"], **options)
+    return build_model(model_cfg["name"], model_cfg["path"], model_cfg.get("seed", 0), **options)
 
 
 def shapes_vocabulary() -> list[str]:

@@ -25,11 +25,13 @@ class TensorSlot:
 
 @dataclass
 class WeightPayload:
-    """Flat buckets plus where each tensor lives in them; `version` counts learner updates."""
+    """Flat buckets plus where each tensor lives in them; `version` counts learner updates; `target` says which
+    module the tensors belong to ("denoiser", or "model": every module of the adapter)."""
 
     version: int
     buckets: list[torch.Tensor]
     slots: list[TensorSlot]
+    target: str = "denoiser"
 
     @property
     def num_bytes(self) -> int:
@@ -46,7 +48,8 @@ class WeightPayload:
         return out
 
 
-def pack(state: dict[str, torch.Tensor], version: int, bucket_mb: float = DEFAULT_BUCKET_MB) -> WeightPayload:
+def pack(state: dict[str, torch.Tensor], version: int, bucket_mb: float = DEFAULT_BUCKET_MB,
+         target: str = "denoiser") -> WeightPayload:
     """Pack CPU tensors into flat buckets of one dtype each, at most `bucket_mb` (a larger tensor gets its own)."""
     if bucket_mb <= 0:
         raise ValueError(f"bucket_mb must be positive, got {bucket_mb}")
@@ -70,4 +73,4 @@ def pack(state: dict[str, torch.Tensor], version: int, bucket_mb: float = DEFAUL
             size += nbytes
         if pending:
             buckets.append(torch.cat(pending))
-    return WeightPayload(version=version, buckets=buckets, slots=slots)
+    return WeightPayload(version=version, buckets=buckets, slots=slots, target=target)

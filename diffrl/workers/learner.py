@@ -11,21 +11,39 @@ from __future__ import annotations
 import contextlib
 import copy
 import os
-from typing import Any
+import math
+from typing import Any, Callable
 
 import torch
 from torch import nn
 
-from diffrl.algorithms.awm import ema_decay, ema_update_
+from diffrl.algorithms.awm import ema_update_
 from diffrl.utils.net import pin_loopback_interfaces
 from diffrl.utils.rng import capture_rng, restore_rng
-from diffrl.models.adapter import Conditioning, concat_conditioning, encode_each, select_conditioning
+from diffrl.models.adapter import Conditioning, encode_each, guided_velocity, select_conditioning
 from diffrl.platform.worker import WorkerBase
 from diffrl.models.registry import apply_lora, build_model_from_config, load_trainable_state_dict, trainable_state_dict
 from diffrl.utils.collective_sync import BroadcastChannel, BucketLayout
 from diffrl.utils.weight_sync import DEFAULT_BUCKET_MB, WeightPayload, pack
 from diffrl.workers.batch import RolloutBatch
 from diffrl.workers.objectives import build_objective
+
+
+def lr_factor(cfg: dict) -> Callable[[int], float]:
+    """The learning-rate multiplier after `done` updates: linear warm-up over warmup_steps, then constant, or
+    (lr_schedule: cosine) a cosine decay to min_lr at total_steps."""
+    warmup, lr = cfg.get("warmup_steps", 0), cfg["lr"]
+    if cfg.get("lr_schedule", "constant") == "constant":
+        return lambda done: min(1.0, (done + 1) / max(1, warmup))
+    total, floor = cfg["total_steps"], cfg["min_lr"] / lr
+
+    def cosine(done: int) -> float:
+        if done < warmup:
+            return (done + 1) / warmup
+        progress = min(1.0, (done - warmup) / max(1, total - warmup))
+        return floor + 0.5 * (1 - floor) * (1 + math.cos(math.pi * progress))
+
+    return cosine
 
 
 def largest_divisor_at_most(n: int, limit: int) -> int:
@@ -48,7 +66,7 @@ class LearnerWorker(WorkerBase):
         self.samples_per_rank = samples_per_rank
         self.objective = build_objective(learner_cfg, rollout_cfg)
         # Flow-GRPO recomputes the rollout's guided velocity; AWM and NFT train the conditional velocity.
-        self.guidance = (rollout_cfg or {}).get("guidance_scale", 1.0) if learner_cfg["algorithm"] == "flow_grpo" else 1.0
+        self.guidance = (rollout_cfg or {}).get("guidance_scale", 1.0) if self.objective.guided else 1.0
         self.version = 0
         self.engine = None
 
@@ -76,24 +94,28 @@ class LearnerWorker(WorkerBase):
 
         self.model = build_model_from_config(self.model_cfg)
         self.model.requires_grad_(False)
-        lora = self.model_cfg["lora"]
+        # What the engine trains: the denoiser, or (objective.trains == "model") every module of the adapter.
+        trained = self.model if self.objective.trains == "model" else self.model.denoiser
+        lora = self.model_cfg.get("lora", {"enabled": False})
+        self.frozen_reference = None  # under LoRA the base model is the denoiser with its adapters disabled
         if lora["enabled"]:
             apply_lora(self.model, lora["rank"], lora["alpha"], lora["target_modules"])
-            self.frozen_reference = None  # the base model is the denoiser with adapters disabled
         else:
-            self.frozen_reference = copy.deepcopy(self.model.denoiser).eval()
-            self.model.denoiser.requires_grad_(True)
-        params = [p for p in self.model.denoiser.parameters() if p.requires_grad]
+            if self.objective.needs_reference:
+                self.frozen_reference = copy.deepcopy(self.model.denoiser).eval()
+            trained.requires_grad_(True)
+        params = [p for p in trained.parameters() if p.requires_grad]
         # Shadow copies of the trained weights: the objective's (AWM trust region, NFT old policy) and the eval EMA.
-        # They are plain modules copied before DeepSpeed wraps (and, under ZeRO-3, partitions) the denoiser.
+        # They are plain modules copied before DeepSpeed wraps (and, under ZeRO-3, partitions) the trained module.
         wanted = dict(self.objective.shadows)
         if self.cfg.get("eval_ema_decay", 0.0) > 0:
-            wanted["eval"] = (0.0, self.cfg["eval_ema_decay"])
-        self.shadows: dict[str, tuple[nn.Module, list[torch.Tensor], tuple[float, float]]] = {}
+            decay = self.cfg["eval_ema_decay"]
+            wanted["eval"] = lambda step: decay
+        self.shadows: dict[str, tuple[nn.Module, list[torch.Tensor], Callable[[int], float]]] = {}
         for name, schedule in wanted.items():
-            module = copy.deepcopy(self.model.denoiser).eval().requires_grad_(False)
+            module = copy.deepcopy(trained).eval().requires_grad_(False)
             named = dict(module.named_parameters())
-            tracked = [named[n] for n, p in self.model.denoiser.named_parameters() if p.requires_grad]
+            tracked = [named[n] for n, p in trained.named_parameters() if p.requires_grad]
             self.shadows[name] = (module, tracked, schedule)
 
         rows = self.samples_per_rank * self.objective.rows_per_sample
@@ -110,11 +132,10 @@ class LearnerWorker(WorkerBase):
         optimizer = torch.optim.AdamW(
             params, lr=self.cfg["lr"], betas=tuple(self.cfg["betas"]), weight_decay=self.cfg["weight_decay"]
         )
-        warmup = self.cfg.get("warmup_steps", 0)
-        # Linear warm-up over the first `warmup` updates, then constant; DeepSpeed steps it with the optimizer.
-        scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda done: min(1.0, (done + 1) / max(1, warmup)))
+        # DeepSpeed steps the schedule with the optimizer.
+        scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_factor(self.cfg))
         self.engine, self.optimizer, _, self.scheduler = deepspeed.initialize(
-            model=self.model.denoiser, optimizer=optimizer, lr_scheduler=scheduler, config=ds_config
+            model=trained, optimizer=optimizer, lr_scheduler=scheduler, config=ds_config
         )
         self.micro_batch = micro
         self._params = params
@@ -130,12 +151,7 @@ class LearnerWorker(WorkerBase):
     # ------------------------------------------------------------------------------------------- training
     def _guided(self, net, x: torch.Tensor, t: torch.Tensor, cond: Conditioning) -> torch.Tensor:
         """net's velocity, with classifier-free guidance against the empty prompt when self.guidance != 1."""
-        if self.guidance == 1.0:
-            return net(x, t, cond)
-        null = {k: v.expand(len(x), *v.shape[1:]) for k, v in self._null_cond.items()}
-        both = net(torch.cat([x, x]), torch.cat([t, t]), concat_conditioning([null, cond]))
-        uncond, conditional = both.chunk(2)
-        return uncond + self.guidance * (conditional - uncond)
+        return guided_velocity(net, x, t, cond, self.guidance, self._null_cond)
 
     def policy(self, x: torch.Tensor, t: torch.Tensor, cond: Conditioning) -> torch.Tensor:
         return self._guided(self.engine, x, t, cond)
@@ -150,6 +166,10 @@ class LearnerWorker(WorkerBase):
     def shadow(self, name: str, x: torch.Tensor, t: torch.Tensor, cond: Conditioning) -> torch.Tensor:
         return self.shadows[name][0](x, t, cond)
 
+    def trained(self) -> nn.Module:
+        """The module the engine trains (the denoiser, or the whole adapter)."""
+        return self.engine.module
+
     def _encode(self, prompts: list[str]) -> Conditioning:
         unique = sorted(set(prompts))
         with torch.no_grad():
@@ -162,7 +182,9 @@ class LearnerWorker(WorkerBase):
         averages them over ranks)."""
         if len(batch) != self.samples_per_rank:
             raise ValueError(f"learner rank {self.rank} expects {self.samples_per_rank} samples, got {len(batch)}")
-        cond = self._encode(batch.prompts)
+        # A trained text encoder encodes inside each micro-batch, with gradients; a frozen one once, per prompt.
+        with_grad = self.objective.trains == "model"
+        cond = None if with_grad else self._encode(batch.prompts)
         rows = {key: value.to(self.device) for key, value in self.objective.rows(batch, step).items()}
         count = len(rows["index"])
         totals: dict[str, float] = {}
@@ -170,7 +192,9 @@ class LearnerWorker(WorkerBase):
         for start in range(0, count, self.micro_batch):
             sl = slice(start, start + self.micro_batch)
             part = {key: value[sl] for key, value in rows.items()}
-            loss, stats = self.objective.loss(self, part, select_conditioning(cond, part["index"]))
+            part_cond = (self.engine.module.encode_prompts([batch.prompts[i] for i in part["index"].tolist()])
+                         if with_grad else select_conditioning(cond, part["index"]))
+            loss, stats = self.objective.loss(self, part, part_cond)
             self.engine.backward(loss)
             if self.engine.is_gradient_accumulation_boundary():
                 grad_norm = self._grad_norm()
@@ -179,8 +203,8 @@ class LearnerWorker(WorkerBase):
             for key, value in {"loss": loss.detach(), **stats}.items():
                 totals[key] = totals.get(key, 0.0) + float(value) * weight
         with self._gathered():
-            for _, tracked, (rate, max_decay) in self.shadows.values():
-                ema_update_(tracked, self._params, ema_decay(step, rate, max_decay) if rate > 0 else max_decay)
+            for _, tracked, decay in self.shadows.values():
+                ema_update_(tracked, self._params, decay(step))
         self.version += 1
         totals["grad_norm"] = float(self.engine.get_global_grad_norm() or grad_norm)
         return totals
@@ -197,11 +221,20 @@ class LearnerWorker(WorkerBase):
             if "eval" not in self.shadows:
                 raise ValueError("get_weights(ema=True) needs learner.eval_ema_decay > 0")
             module = self.shadows["eval"][0]
-            return pack(trainable_state_dict(module), self.version, self.cfg.get("sync_bucket_mb", DEFAULT_BUCKET_MB))
+            return pack(trainable_state_dict(module), self.version, self.cfg.get("sync_bucket_mb", DEFAULT_BUCKET_MB),
+                        target=self.objective.trains)
         # Under ZeRO-3 gathering is collective: every rank must call get_weights (see diffrl.kinds.rl.sync.WeightSync.learner_weights).
         with self._gathered():
             state = trainable_state_dict(self.engine.module)
-        return pack(state, self.version, self.cfg.get("sync_bucket_mb", DEFAULT_BUCKET_MB))
+        return pack(state, self.version, self.cfg.get("sync_bucket_mb", DEFAULT_BUCKET_MB), target=self.objective.trains)
+
+    def save_model(self, directory: str, ema: bool = True) -> str:
+        """Save the whole trained adapter (its `save`: config and safetensors weights) — the eval EMA's when `ema`
+        — so that jobs can load it as `model.path` (objectives that train the whole model)."""
+        if self.objective.trains != "model":
+            raise ValueError("save_model saves a whole trained model; this objective trains only the denoiser")
+        (self.shadows["eval"][0] if ema else self.engine.module).save(directory)
+        return directory
 
     # --------------------------------------------------------------- weight sync by broadcast (sync_backend)
     def weight_layout(self) -> BucketLayout:

@@ -1,4 +1,5 @@
-"""Learner objectives: how a rollout shard becomes training rows and how a micro-batch of rows becomes a loss.
+"""Learner objectives: how a shard of training data becomes rows and how a micro-batch of rows becomes a loss. The
+learner is generic over this registry (OBJECTIVES); each objective declares what it needs.
 
 The math lives in `diffrl.algorithms` (pure torch); an objective only arranges tensors and calls it. Every row's
 randomness (timesteps, noise, trained steps) comes from a generator seeded by the sample's seed (or its prompt, with
@@ -9,17 +10,19 @@ shared noise) and the RL step, so rows never depend on how the controller split 
 - Flow-GRPO (`flow_grpo`): rows are (sample, stored stochastic step) pairs from the rollout trajectory, ordered
   step-major, so that a micro-batch of one step over a rollout chunk's samples recomputes the rollout's forward
   exactly (the on-policy importance ratio is then exactly 1).
+- Pretraining (`flow_matching_x0`): rows are (image, caption) pairs with a per-row timestep and noise; the denoiser
+  and the text encoder train together (the built-in model's recipe).
 """
 
 from __future__ import annotations
 
 import zlib
-from typing import Protocol
+from typing import Callable, ClassVar, Protocol
 
 import torch
 from torch import Tensor
 
-from diffrl.algorithms.awm import awm_log_prob, awm_loss, velocity_kl
+from diffrl.algorithms.awm import awm_log_prob, awm_loss, ema_decay, velocity_kl
 from diffrl.algorithms.flow_grpo import flow_grpo_kl, flow_grpo_loss
 from diffrl.algorithms.flow_matching import cps_step, sde_step, stratified_timesteps
 from diffrl.algorithms.nft import nft_loss
@@ -35,13 +38,30 @@ class Models(Protocol):
 
     def shadow(self, name: str, x: Tensor, t: Tensor, cond: Conditioning) -> Tensor: ...
 
+    def trained(self): ...
+
 
 class Objective:
-    """Base: `rows_per_sample` fixes the DeepSpeed batch sizes; `shadows` names the EMA copies the learner keeps,
-    each as (rate, max_decay) of `awm.ema_decay`'s warm-up."""
+    """Base. What an objective declares, so the learner builds only what it uses:
+
+    - `rows_per_sample`: fixes the DeepSpeed batch sizes;
+    - `shadows`: the EMA copies the learner keeps, name -> decay(step) ("eval" is the one evaluated and saved);
+    - `needs_reference`: a frozen copy of the base denoiser (or, under LoRA, the adapters disabled) for KL terms;
+    - `guided`: the loss recomputes the rollout's classifier-free-guided velocity;
+    - `trajectories`: rollouts must store their stochastic steps (latents, log-probs);
+    - `advantages`: the advantage rule the controller applies before `update` (None: no advantages);
+    - `trains`: "denoiser", or "model" (every module of the adapter: the text encoder too, encoded with gradients
+      inside each micro-batch).
+    A second trained module with its own optimizer would be another `trains` entry with its own engine.
+    """
 
     rows_per_sample: int = 1
-    shadows: dict[str, tuple[float, float]] = {}
+    shadows: dict[str, Callable[[int], float]] = {}
+    needs_reference: ClassVar[bool] = True
+    guided: ClassVar[bool] = False
+    trajectories: ClassVar[bool] = False
+    advantages: ClassVar[str | None] = "per_prompt_group"
+    trains: ClassVar[str] = "denoiser"
 
     def rows(self, batch: RolloutBatch, step: int) -> dict[str, Tensor]:
         raise NotImplementedError
@@ -77,7 +97,7 @@ class AWMObjective(Objective):
     def __init__(self, cfg: dict) -> None:
         self.cfg = cfg
         self.rows_per_sample = cfg["num_timesteps"]
-        self.shadows = {"ema": (cfg["ema_rate"], cfg["ema_max_decay"])} if cfg["ema_beta"] > 0 else {}
+        self.shadows = {"ema": _warmup_decay(cfg["ema_rate"], cfg["ema_max_decay"])} if cfg["ema_beta"] > 0 else {}
 
     def rows(self, batch: RolloutBatch, step: int) -> dict[str, Tensor]:
         return _matching_rows(batch, step, self.cfg["num_timesteps"], self.cfg["shared_noise"],
@@ -109,7 +129,7 @@ class NFTObjective(Objective):
     def __init__(self, cfg: dict) -> None:
         self.cfg = cfg
         self.rows_per_sample = cfg["num_timesteps"]
-        self.shadows = {"old": (cfg["old_decay_rate"], cfg["old_max_decay"])}
+        self.shadows = {"old": _warmup_decay(cfg["old_decay_rate"], cfg["old_max_decay"])}
 
     def rows(self, batch: RolloutBatch, step: int) -> dict[str, Tensor]:
         return _matching_rows(batch, step, self.cfg["num_timesteps"], False, self.cfg["timestep_fraction"])
@@ -132,6 +152,9 @@ def stored_steps(rollout_cfg: dict) -> int:
 class FlowGRPOObjective(Objective):
     """Flow-GRPO (arXiv 2505.05470): clipped-ratio policy loss on the stored SDE/CPS steps plus beta * KL of the
     step means to the reference model's (see `diffrl.algorithms.flow_grpo`)."""
+
+    guided = True
+    trajectories = True
 
     def __init__(self, cfg: dict, rollout_cfg: dict) -> None:
         self.cfg, self.rollout_cfg = cfg, rollout_cfg
@@ -184,14 +207,56 @@ class FlowGRPOObjective(Objective):
         return loss, stats
 
 
+class FlowMatchingX0Objective(Objective):
+    """Supervised flow matching with x0-prediction, the built-in model's pretraining: x_t = (1 - t) x0 + t eps with
+    t ~ U(0, 1) and eps ~ N(0, I) drawn from each row's seed, loss ||x0_hat(x_t, t, c) - x0||^2 averaged; the EMA
+    "eval" shadow copies the weights until `ema_start`, then decays at `ema_decay`."""
+
+    needs_reference = False
+    advantages = None
+    trains = "model"
+
+    def __init__(self, cfg: dict, rollout_cfg: dict | None = None) -> None:
+        start, decay = cfg["ema_start"], cfg["ema_decay"]
+        self.shadows = {"eval": lambda step: decay if step > start else 0.0}
+
+    def rows(self, batch, step: int) -> dict[str, Tensor]:
+        ts, eps = [], []
+        for seed in batch.seeds.tolist():
+            gen = torch.Generator().manual_seed(int(seed))
+            ts.append(torch.rand(1, generator=gen))
+            eps.append(torch.randn(batch.x0.shape[1:], generator=gen))
+        t, noise = torch.cat(ts), torch.stack(eps)
+        t_b = t.view(-1, *([1] * (batch.x0.dim() - 1)))
+        return {"index": torch.arange(len(batch)), "t": t, "x0": batch.x0, "x_t": (1 - t_b) * batch.x0 + t_b * noise}
+
+    def loss(self, models: Models, rows: dict[str, Tensor], cond: Conditioning) -> tuple[Tensor, dict[str, Tensor]]:
+        x0_hat = models.trained().denoiser.predict_x0(rows["x_t"], rows["t"], cond)
+        loss = ((x0_hat - rows["x0"]) ** 2).mean()
+        return loss, {"mse": loss.detach()}
+
+
+def _warmup_decay(rate: float, max_decay: float) -> Callable[[int], float]:
+    """min(rate * step, max_decay) (`awm.ema_decay`), or the constant max_decay when rate is 0."""
+    return (lambda step: ema_decay(step, rate, max_decay)) if rate > 0 else (lambda step: max_decay)
+
+
+OBJECTIVES: dict[str, type[Objective]] = {"awm": AWMObjective, "nft": NFTObjective, "flow_grpo": FlowGRPOObjective,
+                                          "flow_matching_x0": FlowMatchingX0Objective}
+
+
+def objective_class(name: str) -> type[Objective]:
+    if name not in OBJECTIVES:
+        raise ValueError(f"learner.algorithm: unknown objective {name!r}; allowed: {sorted(OBJECTIVES)}")
+    return OBJECTIVES[name]
+
+
 def build_objective(learner_cfg: dict, rollout_cfg: dict | None) -> Objective:
-    algorithm = learner_cfg["algorithm"]
-    if algorithm == "awm":
-        return AWMObjective(learner_cfg["awm"])
-    if algorithm == "nft":
-        return NFTObjective(learner_cfg["nft"])
-    if algorithm == "flow_grpo":
-        if rollout_cfg is None:
-            raise ValueError("learner.algorithm=flow_grpo needs the rollout config (sampler, noise level, window)")
-        return FlowGRPOObjective(learner_cfg["flow_grpo"], rollout_cfg)
-    raise ValueError(f"learner.algorithm: unknown algorithm {algorithm!r}; allowed: awm, flow_grpo, nft")
+    """The objective `learner_cfg["algorithm"]`, built from its own section (learner_cfg[name]) when it has one,
+    else from the learner config itself."""
+    name = learner_cfg["algorithm"]
+    cls = objective_class(name)
+    if cls.trajectories and rollout_cfg is None:
+        raise ValueError(f"learner.algorithm={name} needs the rollout config (sampler, noise level, window)")
+    section = learner_cfg.get(name, learner_cfg)
+    return cls(section, rollout_cfg) if cls.trajectories else cls(section)

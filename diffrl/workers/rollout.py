@@ -120,7 +120,11 @@ class RolloutWorker(WorkerBase):
 
         Samples generated afterwards record this version in `RolloutBatch.weight_version`."""
         self.require_ready()
-        load_trainable_state_dict(self.model.denoiser, payload.tensors())
+        if payload.target == "model":  # a trained text encoder too: cached prompt encodings are stale
+            load_trainable_state_dict(self.model, payload.tensors())
+            self._cond_cache.clear()
+        else:
+            load_trainable_state_dict(self.model.denoiser, payload.tensors())
         self.weight_version = payload.version
         return payload.version
 

@@ -12,12 +12,12 @@ import torch
 from tqdm import tqdm
 
 from diffrl.algorithms.advantages import group_advantages
-from diffrl.kinds.rl.checkpointing import restore_checkpoint, save_checkpoint, save_weights
+from diffrl.kinds.checkpoints import restore_checkpoint, save_checkpoint, save_weights
 from diffrl.kinds.rl.config import RLJobConfig
 from diffrl.kinds.rl.data import prompt_splits, step_requests
-from diffrl.kinds.rl.evaluation import evaluate, step_record, write_grid
+from diffrl.kinds.rl.evaluation import evaluate, step_record, write_rl_grid
 from diffrl.kinds.rl.roles import RLRoles
-from diffrl.kinds.rl.scoring import generate_and_score
+from diffrl.kinds.rollouts import generate_and_score
 from diffrl.kinds.rl.sol import sol_batch
 from diffrl.platform.report_html import refresh_report
 from diffrl.platform.reporting import plot_curves
@@ -35,12 +35,12 @@ def run(ctx: RunContext) -> dict[str, Any]:
     rl = RLRoles(roles, cfg)
     rollout, learner, explore, rewards, sync = rl.rollout, rl.learner, rl.explore, rl.rewards, rl.sync
     if ctx.checkpoint is not None:
-        restore_checkpoint(roles, sync, ctx.checkpoint)
+        restore_checkpoint(roles, ctx.checkpoint, after_learners=sync.sync)
         start, evaluations = ctx.checkpoint.step, [tuple(e) for e in ctx.checkpoint.trainer["evaluations"]]
     _write_quantization_report([g for g in (rollout, explore) if g is not None], run_dir)
     if ctx.checkpoint is None:
         base, base_batch = evaluate(cfg, sync, rollout, rewards, eval_prompts, 0, log)
-        write_grid(cfg, base_batch, run_dir, "before", 0, base)
+        write_rl_grid(cfg, base_batch, run_dir, "before", 0, base)
         start, evaluations = 0, [(0, base)]
         refresh_report(run_dir)
 
@@ -68,7 +68,7 @@ def run(ctx: RunContext) -> dict[str, Any]:
             evaluations.append((done, score))
             bar.write(f"step {done}: held-out {cfg.trainer.eval_label} {score:.3f}")
             if last:
-                write_grid(cfg, eval_batch, run_dir, "after", done, score)
+                write_rl_grid(cfg, eval_batch, run_dir, "after", done, score)
         if cfg.trainer.checkpoint_every and done % cfg.trainer.checkpoint_every == 0:
             path = save_checkpoint(roles, run_dir, done, _trainer_state(cfg, evaluations, done),
                                    cfg.trainer.keep_checkpoints)
@@ -77,7 +77,7 @@ def run(ctx: RunContext) -> dict[str, Any]:
             refresh_report(run_dir)
     bar.close()
 
-    weights = save_weights(sync, run_dir, "final", ema=cfg.learner.eval_ema_decay > 0)
+    weights = save_weights(learner, sync.learner_weights(ema=cfg.learner.eval_ema_decay > 0), run_dir, "final")
     plot_curves(log.read(), run_dir / "reward_curve.png", f"{cfg.name}: {cfg.trainer.eval_label}")
     base, final = evaluations[0][1], evaluations[-1][1]
     log.write({"summary/base": base, "summary/final": final, "step": cfg.trainer.steps})

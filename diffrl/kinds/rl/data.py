@@ -11,9 +11,6 @@ import numpy as np
 from diffrl.kinds.rl.config import RLJobConfig
 from diffrl.workers.batch import SampleRequest
 
-EVAL_SEED_BASE = 1_000_000_000  # eval seeds never collide with training seeds (< 2**30)
-
-
 def prompt_splits(cfg: RLJobConfig) -> tuple[list[dict], list[dict]]:
     """(train, eval) prompt entries, each a dict with "prompt" and any reward metadata."""
     if cfg.data.source == "files":
@@ -57,12 +54,4 @@ def step_requests(prompts: list[dict], cfg: RLJobConfig, step: int, group_size: 
         SampleRequest(prompts[p]["prompt"], prompts[p], group, int(seeds[group * size + j]))
         for group, p in enumerate(chosen)
         for j in range(size)
-    ]
-
-
-def eval_requests(prompts: list[dict], seeds_per_prompt: int) -> list[SampleRequest]:
-    return [
-        SampleRequest(entry["prompt"], entry, group, EVAL_SEED_BASE + j)
-        for group, entry in enumerate(prompts)
-        for j in range(seeds_per_prompt)
     ]

@@ -7,6 +7,7 @@ from diffrl.kinds.rl.config import RLJobConfig
 from diffrl.kinds.rl.sync import WeightSync
 from diffrl.platform.roles import RoleSpec
 from diffrl.platform.runtime import Roles, start_roles
+from diffrl.workers.objectives import objective_class
 
 ROLLOUT = "diffrl.workers.rollout:RolloutWorker"
 REWARD = "diffrl.workers.reward:RewardWorker"
@@ -20,7 +21,7 @@ def reward_role(index: int) -> str:
 def rl_roles(cfg: RLJobConfig) -> list[RoleSpec]:
     """rollout, reward0.. (one per reward of the job), learner and (Sol-RL) explore, in set-up order."""
     model, rollout, learner = cfg.model.model_dump(), cfg.rollout.model_dump(), cfg.learner.model_dump()
-    store_trajectory = cfg.learner.algorithm == "flow_grpo"  # Flow-GRPO trains on the stored SDE steps
+    store_trajectory = objective_class(cfg.learner.algorithm).trajectories  # Flow-GRPO trains on stored SDE steps
     specs = [RoleSpec("rollout", ROLLOUT, ((model, rollout, store_trajectory),) * cfg.rollout.num_workers,
                       cfg.rollout.cpus_per_worker, cfg.rollout.gpus_per_worker, dict(cfg.rollout.resources),
                       cfg.rollout.max_restarts)]

@@ -9,7 +9,7 @@ import torch
 from diffrl.algorithms.sol import kendall_tau, select_seeds, spearman_rho, top_k_agreement
 from diffrl.kinds.rl.config import RLJobConfig
 from diffrl.kinds.rl.data import step_requests
-from diffrl.kinds.rl.scoring import generate_and_score
+from diffrl.kinds.rollouts import generate_and_score
 from diffrl.platform.worker import WorkerGroup
 from diffrl.workers.batch import RolloutBatch
 

@@ -1,15 +1,15 @@
-"""RL checkpoints (exact resume) and final weights: every learner rank's state, the trained weights, the other
-workers' RNG states and weight versions, and the controller's own state (see diffrl.platform.checkpoint)."""
+"""Checkpoints for exact resume, shared by the job kinds that train: every learner rank's state, the trained weights,
+the other workers' RNG states and weight versions, and the controller's own state (see diffrl.platform.checkpoint);
+and the final weights."""
 
 from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 from safetensors.torch import save_file
 
-from diffrl.kinds.rl.sync import WeightSync
 from diffrl.platform import checkpoint as ckpt
 from diffrl.platform.runtime import Roles
 from diffrl.platform.worker import WorkerGroup
@@ -34,23 +34,24 @@ def save_checkpoint(roles: Roles, run_dir: Path, step: int, trainer: dict[str, A
     return ckpt.commit(tmp, step, keep=keep)
 
 
-def restore_checkpoint(roles: Roles, sync: WeightSync, checkpoint: ckpt.Checkpoint) -> None:
-    """Load a checkpoint into freshly set-up roles: learner ranks first, then the inference workers receive the
-    restored weights and every worker its own state back."""
+def restore_checkpoint(roles: Roles, checkpoint: ckpt.Checkpoint, after_learners: Callable[[], Any]) -> None:
+    """Load a checkpoint into freshly set-up roles: learner ranks first, then `after_learners()` (the kind sends the
+    restored weights to its inference workers), then every other worker its own state back."""
     learner = roles["learner"]
     weights = checkpoint.model_tensors()
     learner.get([learner.call(rank, "load_state_dict", {**checkpoint.learner_state(rank), "weights": weights})
                  for rank in range(len(learner))])
-    sync.sync()
+    after_learners()
     saved = checkpoint.workers()
     for group in _state_groups(roles):
         states = saved.get(group.name, [])[: len(group)]
         group.scatter_async("load_state_dict", states).results()
 
 
-def save_weights(sync: WeightSync, run_dir: Path, name: str, ema: bool = False) -> Path:
-    """Learner rank 0's trainable tensors (or its eval EMA's) as safetensors, written to a temp file and renamed."""
-    payload = sync.learner.get([sync.learner_weights(ema)])[0]
+def save_weights(learner: WorkerGroup, payload_future: Any, run_dir: Path, name: str) -> Path:
+    """A learner weight payload (a future of learner rank 0's `get_weights`) as run_dir/NAME.safetensors, written to
+    a temp file and renamed."""
+    payload = learner.get([payload_future])[0]
     tensors = {k: v.clone() for k, v in payload.tensors().items()}
     return atomic_write(run_dir / f"{name}.safetensors",
                         lambda tmp: save_file(tensors, str(tmp), metadata={"version": str(payload.version)}))

@@ -1,0 +1,90 @@
+"""The pretraining job's typed config: the model to train (from scratch or from weights), the data source, the
+data-parallel DeepSpeed learner ranks with their optimizer schedule and weight EMA, and the held-out eval (rollout
+and reward workers score EMA samples)."""
+
+from __future__ import annotations
+
+from typing import ClassVar, Literal
+
+from pydantic import Field, model_validator
+
+from diffrl.platform.config import BASE_RESUMABLE, RESOURCES_HELP, JobConfig, Resources, Section, TrainerBase
+
+
+class PretrainModelConfig(Section):
+    name: Literal["tiny_t2i"] = Field("tiny_t2i", description="the built-in text-to-image model")
+    path: str | None = Field(None, description="None trains from a fresh initialization (seeded by the job's "
+                                               "seed); builtin:NAME or a directory continues from those weights")
+
+
+class PretrainDataConfig(Section):
+    source: Literal["shapes"] = Field("shapes", description="data source (diffrl.kinds.pretrain.data.SOURCES)")
+    renders_per_prompt: int = Field(256, ge=1, description="distinct renders of each training prompt")
+    prompt_dropout: float = Field(0.1, ge=0, lt=1, description="share of captions replaced by the empty prompt "
+                                                               "(classifier-free guidance)")
+    heldout_fraction: float = Field(0.25, gt=0, lt=1, description="share of prompts held out (never trained on)")
+    split_seed: int = 0
+
+
+class PretrainLearnerConfig(Section):
+    algorithm: Literal["flow_matching_x0"] = Field(
+        "flow_matching_x0", description="the objective: x0-prediction flow matching of the denoiser and the text "
+        "encoder together")
+    num_workers: int = Field(1, ge=1, description="data-parallel DeepSpeed ranks")
+    cpus_per_worker: float = Field(1.0, gt=0)
+    gpus_per_worker: float = Field(0.0, ge=0)
+    resources: Resources = Field(default_factory=dict, description=RESOURCES_HELP)
+    batch_size: int = Field(128, ge=1, description="samples per optimizer step, over all ranks")
+    micro_batch_size: int = Field(128, ge=1, description="samples per forward/backward on a rank")
+    lr: float = Field(1e-3, gt=0)
+    min_lr: float = Field(5e-5, ge=0, description="cosine decay ends here")
+    lr_schedule: Literal["cosine", "constant"] = "cosine"
+    warmup_steps: int = Field(300, ge=0)
+    weight_decay: float = Field(0.0, ge=0)
+    betas: tuple[float, float] = (0.9, 0.999)
+    grad_clip: float = Field(1.0, ge=0, description="0 disables clipping")
+    zero_stage: Literal[0, 1, 2] = 0
+    ema_decay: float = Field(0.999, ge=0, lt=1, description="EMA of the weights; the EMA is evaluated and saved")
+    ema_start: int = Field(200, ge=0, description="the EMA copies the weights until this step")
+    sync_bucket_mb: float = Field(64.0, gt=0)
+
+
+class EvalWorkersConfig(Section):
+    num_workers: int = Field(1, ge=1, description="rollout workers sampling the held-out eval")
+    cpus_per_worker: float = Field(1.0, gt=0)
+    gpus_per_worker: float = Field(0.0, ge=0)
+    reward_cpus: float = Field(0.5, gt=0, description="CPUs of the GenEval-shapes reward worker")
+    batch_size: int = Field(64, ge=1)
+
+
+class PretrainTrainerConfig(TrainerBase):
+    steps: int = Field(5000, ge=0)
+    eval_every: int = Field(1000, ge=0)
+    eval_seeds_per_prompt: int = Field(8, ge=1)
+    sample_steps: int = Field(10, ge=1, description="ODE steps of the held-out samples")
+    sample_grid_prompts: int = Field(8, ge=1)
+
+
+class PretrainJobConfig(JobConfig):
+    kind: Literal["pretrain"] = "pretrain"
+    # A resumed run may change its length, cadence, logging, cluster and resources; not the recipe.
+    RESUMABLE: ClassVar[tuple[str, ...]] = BASE_RESUMABLE + (
+        "learner.cpus_per_worker", "learner.gpus_per_worker", "learner.resources", "eval.",
+    )
+
+    model: PretrainModelConfig = PretrainModelConfig()
+    data: PretrainDataConfig = PretrainDataConfig()
+    learner: PretrainLearnerConfig = PretrainLearnerConfig()
+    eval: EvalWorkersConfig = EvalWorkersConfig()
+    trainer: PretrainTrainerConfig = PretrainTrainerConfig()
+
+    @model_validator(mode="after")
+    def _check(self) -> PretrainJobConfig:
+        if self.learner.batch_size % self.learner.num_workers:
+            raise ValueError(f"learner.num_workers={self.learner.num_workers} must divide learner.batch_size="
+                             f"{self.learner.batch_size}")
+        if self.backend == "local" and self.learner.num_workers > 1:
+            raise ValueError("backend: local runs one learner; set learner.num_workers=1 or backend: ray")
+        if self.learner.min_lr > self.learner.lr:
+            raise ValueError(f"learner.min_lr={self.learner.min_lr} exceeds learner.lr={self.learner.lr}")
+        return self

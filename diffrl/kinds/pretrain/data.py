@@ -1,0 +1,80 @@
+"""Pretraining data: a source gives the training and held-out prompts and, for step s, the global batch of clean
+images with their captions, drawn deterministically from (seed, step) — so a resumed run continues the exact data
+stream and N learner ranks see the rows one rank would. New sources register in SOURCES (the dLLM kind's text
+corpus will be one)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, replace
+from typing import Callable
+
+import numpy as np
+import torch
+
+from diffrl.envs.shapes import TAGS, prompt_splits, render_prompt
+from diffrl.kinds.pretrain.config import PretrainJobConfig
+from diffrl.platform.worker import split_evenly
+
+
+@dataclass
+class TrainingBatch:
+    """Row i: clean image x0[i] (model space), its caption (empty under prompt dropout) and its noise seed (each
+    row's timestep and noise come from it, so rows never depend on how the batch is split)."""
+
+    x0: torch.Tensor  # float32 [N, C, H, W] in [-1, 1]
+    prompts: list[str]
+    seeds: torch.Tensor  # long [N]
+
+    def __len__(self) -> int:
+        return len(self.prompts)
+
+    def select(self, rows: list[int]) -> TrainingBatch:
+        index = torch.as_tensor(rows, dtype=torch.long)
+        return replace(self, x0=self.x0[index], prompts=[self.prompts[i] for i in rows], seeds=self.seeds[index])
+
+    def split(self, num_shards: int) -> list[TrainingBatch]:
+        return [self.select(rows) for rows in split_evenly(list(range(len(self))), num_shards)]
+
+
+class ShapesRenders:
+    """The shapes world: renders of the training prompts (held-out prompts are never rendered for training), tags
+    drawn uniformly so that tags with few prompts are not starved, `renders_per_prompt` distinct scenes per prompt
+    (render r of prompt p is a function of (seed, p, r)), and `prompt_dropout` empty captions."""
+
+    def __init__(self, seed: int, renders_per_prompt: int, prompt_dropout: float, heldout_fraction: float,
+                 split_seed: int) -> None:
+        self.seed, self.renders, self.dropout = seed, renders_per_prompt, prompt_dropout
+        self.train, self.heldout = prompt_splits(heldout_fraction=heldout_fraction, seed=split_seed)
+        self.by_tag = [[i for i, p in enumerate(self.train) if p["tag"] == tag] for tag in TAGS]
+        self.by_tag = [group for group in self.by_tag if group]
+        self._cache: dict[tuple[int, int], np.ndarray] = {}
+
+    def render(self, prompt: int, index: int) -> np.ndarray:
+        key = (prompt, index)
+        if key not in self._cache:
+            rng = np.random.default_rng([self.seed, prompt, index])
+            self._cache[key] = render_prompt(self.train[prompt], rng)
+        return self._cache[key]
+
+    def batch(self, step: int, size: int) -> TrainingBatch:
+        rng = np.random.default_rng([self.seed, step])
+        tags = rng.integers(0, len(self.by_tag), size=size)
+        prompts = [int(rng.choice(self.by_tag[t])) for t in tags]
+        renders = rng.integers(0, self.renders, size=size)
+        dropped = rng.random(size) < self.dropout
+        seeds = rng.integers(0, 2**62, size=size)
+        images = np.stack([self.render(p, int(r)) for p, r in zip(prompts, renders)])
+        x0 = torch.from_numpy(images).permute(0, 3, 1, 2).float().div(127.5).sub(1.0)
+        captions = ["" if drop else self.train[p]["prompt"] for p, drop in zip(prompts, dropped)]
+        return TrainingBatch(x0.contiguous(), captions, torch.from_numpy(seeds).long())
+
+
+SOURCES: dict[str, Callable[..., ShapesRenders]] = {"shapes": ShapesRenders}
+
+
+def build_source(cfg: PretrainJobConfig) -> ShapesRenders:
+    """The job's data source, from `data.source`."""
+    data = cfg.data
+    return SOURCES[data.source](cfg.seed, data.renders_per_prompt, data.prompt_dropout, data.heldout_fraction,
+                                data.split_seed)
+

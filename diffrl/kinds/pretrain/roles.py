@@ -1,0 +1,37 @@
+"""The pretraining job's roles: N data-parallel DeepSpeed learner ranks (the same LearnerWorker as RL, with the
+flow-matching objective), and for the held-out eval rollout workers that sample the EMA weights and a GenEval-shapes
+reward worker."""
+
+from __future__ import annotations
+
+from diffrl.kinds.pretrain.config import PretrainJobConfig
+from diffrl.platform.roles import RoleSpec
+
+ROLLOUT = "diffrl.workers.rollout:RolloutWorker"
+REWARD = "diffrl.workers.reward:RewardWorker"
+LEARNER = "diffrl.workers.learner:LearnerWorker"
+EVAL_REWARD = {"name": "geneval_shapes", "weight": 1.0, "kwargs": {}, "retries": 2, "timeout_s": None, "backoff_s": 0.5}
+
+
+def eval_rollout_config(cfg: PretrainJobConfig) -> dict:
+    """The rollout workers' settings: full-precision deterministic ODE sampling with sample_steps steps."""
+    return {"num_steps": cfg.trainer.sample_steps, "sampler": "ode", "noise_level": 0.0, "sde_window": 0,
+            "guidance_scale": 1.0, "precision": "fp32", "quant_backend": "auto", "quant_skip": None,
+            "quant_min_features": 16, "batch_size": cfg.eval.batch_size}
+
+
+def pretrain_roles(cfg: PretrainJobConfig) -> list[RoleSpec]:
+    """learner (collective ranks), rollout and reward0 (held-out eval), in set-up order."""
+    model = {**cfg.model.model_dump(), "seed": cfg.seed, "lora": {"enabled": False}}
+    learner = {**cfg.learner.model_dump(), "total_steps": cfg.trainer.steps}
+    ranks = cfg.learner.num_workers
+    per_rank = cfg.learner.batch_size // ranks
+    return [
+        RoleSpec("learner", LEARNER, tuple((rank, ranks, model, learner, per_rank) for rank in range(ranks)),
+                 cfg.learner.cpus_per_worker, cfg.learner.gpus_per_worker, dict(cfg.learner.resources),
+                 max_restarts=0, collective=True),
+        RoleSpec("rollout", ROLLOUT, ((model, eval_rollout_config(cfg), False),) * cfg.eval.num_workers,
+                 cfg.eval.cpus_per_worker, cfg.eval.gpus_per_worker, max_restarts=3),
+        RoleSpec("reward0", REWARD, (([EVAL_REWARD],),), cfg.eval.reward_cpus, max_restarts=3,
+                 label="reward 'geneval_shapes'"),
+    ]
