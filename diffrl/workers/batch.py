@@ -12,12 +12,15 @@ from diffrl.platform.worker import split_evenly
 
 @dataclass(frozen=True)
 class SampleRequest:
-    """One sample to generate: its prompt (with GenEval-style metadata), its group (one per prompt) and its seed."""
+    """One sample to generate: its prompt (with GenEval-style metadata), its group (one per prompt), its seed, and
+    optionally the sampler's time grid (sigmas from 1 to 0; None: the rollout worker's even grid of
+    rollout.num_steps)."""
 
     prompt: str
     metadata: dict
     group_id: int
     seed: int
+    grid: tuple[float, ...] | None = None
 
 
 @dataclass
@@ -71,6 +74,8 @@ class RolloutBatch:
         joined = {}
         for f in fields(first):
             values = [getattr(b, f.name) for b in batches]
+            if f.name == "grid" and any(not torch.equal(v, values[0]) for v in values[1:]):
+                raise ValueError("cannot concat RolloutBatches sampled on different time grids (RolloutBatch.grid)")
             if f.name == "grid" or values[0] is None:
                 joined[f.name] = values[0]
             elif isinstance(values[0], torch.Tensor):

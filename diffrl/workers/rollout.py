@@ -7,6 +7,8 @@ from typing import Any, Sequence
 
 import torch
 
+from diffrl.algorithms.flow_matching import timestep_grid
+from diffrl.algorithms.solvers import check_grid
 from diffrl.models.adapter import concat_conditioning, encode_each
 from diffrl.models.registry import apply_lora, build_model_from_config, load_trainable_state_dict
 from diffrl.platform.worker import WorkerBase
@@ -77,11 +79,12 @@ class RolloutWorker(WorkerBase):
         """Sample every request (in micro-batches of rollout.batch_size); row i answers request i.
 
         `num_steps`/`sampler` override the config (held-out eval uses the deterministic ODE sampler); trajectories
-        are stored only for the configured training sampler.
+        are stored only for the configured training sampler. Requests sample on their `grid`, those without one on
+        `timestep_grid(num_steps)`; all requests of one call must share one grid, the batch's `grid`.
         """
         self.require_ready()
         train_sampler = sampler is None or sampler == self.cfg["sampler"]
-        num_steps = num_steps or self.cfg["num_steps"]
+        grid = self._grid(requests, num_steps or self.cfg["num_steps"])
         sampler = sampler or self.cfg["sampler"]
         store = self.store_trajectory and train_sampler
         autocast = torch.bfloat16 if self.cfg["precision"] == "bf16" else None
@@ -92,7 +95,7 @@ class RolloutWorker(WorkerBase):
             guidance = self.cfg.get("guidance_scale", 1.0)
             with self._precision_context():
                 result = sample(
-                    self.model, self._encode([r.prompt for r in part]), seeds, num_steps,
+                    self.model, self._encode([r.prompt for r in part]), seeds, grid=grid,
                     sampler=sampler, noise_level=self.cfg["noise_level"], autocast_dtype=autocast,
                     guidance_scale=guidance, null_cond=self._encode([""] * len(part)) if guidance != 1.0 else None,
                     sde_window=self.cfg["sde_window"] if sampler != "ode" else 0, store_trajectory=store,
@@ -114,6 +117,26 @@ class RolloutWorker(WorkerBase):
                 )
             )
         return RolloutBatch.concat(chunks)
+
+    @staticmethod
+    def _grid(requests: Sequence[SampleRequest], default_steps: int) -> torch.Tensor:
+        """The one time grid of these requests: their SampleRequest.grid, or timestep_grid(default_steps) for None.
+
+        One generate call makes one RolloutBatch with one `grid`, which the learners index by step, so requests on
+        different grids go to separate calls."""
+        grids = set()
+        for requested in {r.grid for r in requests}:
+            if requested is None:
+                grids.add(tuple(timestep_grid(default_steps).tolist()))
+                continue
+            try:
+                grids.add(tuple(check_grid(requested).tolist()))
+            except ValueError as err:
+                raise ValueError(f"SampleRequest.grid: {err}") from None
+        if len(grids) > 1:
+            raise ValueError(f"one generate call samples on one time grid (RolloutBatch.grid), but the requests "
+                             f"carry {len(grids)}: {sorted(grids, key=len)}; send each grid's requests separately")
+        return torch.tensor(grids.pop(), dtype=torch.float32)
 
     def load_weights(self, payload: WeightPayload) -> int:
         """Apply a learner's `get_weights()` payload (bucketed trainable tensors, version); returns the version.

@@ -1,4 +1,4 @@
-"""Seeded sampling of a flow model: deterministic ODE or Flow-GRPO SDE, one sample a function of its seed alone."""
+"""Seeded sampling of a flow model with a solver (ODE, Flow-GRPO SDE, CPS), one sample a function of its seed alone."""
 
 from __future__ import annotations
 
@@ -7,7 +7,8 @@ from typing import Sequence
 
 import torch
 
-from diffrl.algorithms.flow_matching import cps_step, ode_step, sde_step, sde_window, timestep_grid
+from diffrl.algorithms.flow_matching import sde_window, timestep_grid
+from diffrl.algorithms.solvers import build_solver
 from diffrl.models.adapter import Conditioning, ModelAdapter
 
 
@@ -29,23 +30,23 @@ def step_noise(seeds: Sequence[int], step: int, shape: tuple[int, ...]) -> torch
     )
 
 
-def stochastic_steps(seeds: Sequence[int], num_steps: int, sampler: str, window: int = 0) -> torch.Tensor:
+def stochastic_steps(seeds: Sequence[int], stochastic: Sequence[bool], window: int = 0) -> torch.Tensor:
     """bool [N, num_steps]: which sampler steps draw noise for each sample.
 
-    ODE: none. SDE/CPS: every step but the last (which stays deterministic so samples end clean), or with
-    `window` > 0 (Flow-GRPO-Fast) `window` consecutive steps starting at `sde_window(...)` drawn from a generator
-    seeded by the sample's seed, so each sample's window depends on its seed alone.
+    `stochastic` is the solver's per-step answer (`Solver.stochastic`: none for the ODE; every step but the last for
+    SDE/CPS, so samples end clean). With `window` > 0 (Flow-GRPO-Fast) only `window` consecutive steps starting at
+    `sde_window(...)` draw noise, the start drawn from a generator seeded by the sample's seed, so each sample's
+    window depends on its seed alone.
     """
+    num_steps = len(stochastic)
+    allowed = torch.tensor(stochastic, dtype=torch.bool)
+    if window == 0 or not allowed.any():
+        return allowed.expand(len(seeds), num_steps).clone()
     mask = torch.zeros(len(seeds), num_steps, dtype=torch.bool)
-    if sampler == "ode":
-        return mask
-    if window == 0:
-        mask[:, : num_steps - 1] = True
-        return mask
     for row, seed in enumerate(seeds):
         start = sde_window(num_steps, window, torch.Generator().manual_seed(int(seed) * 7 + 3))
         mask[row, start : start + window] = True
-    return mask
+    return mask & allowed
 
 
 @torch.no_grad()
@@ -53,7 +54,7 @@ def sample(
     model: ModelAdapter,
     cond: Conditioning,
     seeds: Sequence[int],
-    num_steps: int,
+    num_steps: int | None = None,
     sampler: str = "ode",
     noise_level: float = 0.7,
     guidance_scale: float = 1.0,
@@ -61,34 +62,39 @@ def sample(
     autocast_dtype: torch.dtype | None = None,
     sde_window: int = 0,
     store_trajectory: bool = False,
+    grid: torch.Tensor | Sequence[float] | None = None,
 ) -> SampleResult:
-    """Integrate from the seeds' noise at t=1 to t=0 on an even grid of `num_steps` steps, on the model's device.
+    """Integrate from the seeds' noise at t=1 to t=0 with solver `sampler` (`build_solver`), on the model's device.
 
-    Noise is drawn on the CPU from per-seed generators (identical on every device), and samples return on the CPU.
-    The last step is always the ODE step, so SDE samples end clean (Flow-GRPO adds noise there too; in pixel space
-    that noise would be visible and scored). With `store_trajectory`, every stochastic step's input latent, drawn
-    latent and log-prob are returned for Flow-GRPO (see `stochastic_steps` for which steps those are).
+    The time grid is `grid` (from 1 to 0, see `solvers.check_grid`) or else the even grid of `num_steps` steps. Noise is
+    drawn on the CPU from per-seed generators (identical on every device), and samples return on the CPU. The last
+    step is always deterministic, so SDE samples end clean. With `store_trajectory`, every stochastic step's input
+    latent, drawn latent and log-prob are returned for Flow-GRPO (see `stochastic_steps` for which steps those are).
     """
-    if sampler not in ("ode", "sde", "cps"):
-        raise ValueError(f"sampler must be ode, sde or cps, got {sampler!r}")
+    if grid is None:
+        if num_steps is None:
+            raise ValueError("sample needs num_steps or a grid")
+        grid = timestep_grid(num_steps)
+    solver = build_solver(sampler, **({} if sampler == "ode" else {"noise_level": noise_level}))
+    solver.set_timesteps(grid)
+    if num_steps is not None and num_steps != solver.num_steps:
+        raise ValueError(f"num_steps={num_steps} disagrees with the grid's {solver.num_steps} steps; pass one")
+    num_steps = solver.num_steps
     device = next(model.denoiser.parameters()).device
-    grid = timestep_grid(num_steps)
-    mask = stochastic_steps(seeds, num_steps, sampler, sde_window)
-    step_fn = sde_step if sampler == "sde" else cps_step
+    mask = stochastic_steps(seeds, solver.stochastic, sde_window)
     x = model.initial_noise(seeds).to(device)
     trajectory: dict[str, list] = {"latents": [], "next_latents": [], "log_probs": [], "step_index": []}
     for index in range(num_steps):
-        sigma, sigma_next = float(grid[index]), float(grid[index + 1])
-        t = torch.full((len(seeds),), sigma, device=device)
+        t = torch.full((len(seeds),), float(solver.sigmas[index]), device=device)
         with torch.autocast(device.type, dtype=autocast_dtype, enabled=autocast_dtype is not None):
             v = model.velocity(x, t, cond, guidance_scale=guidance_scale, null_cond=null_cond).float()
         rows = mask[:, index]
-        x_next = ode_step(x, v, sigma, sigma_next)
-        if rows.any():
+        x_next = solver.step(v, index, x).prev_sample
+        if rows.any():  # these rows take the stochastic step of the same model call; the others keep x_next
             noise = step_noise(seeds, index, x.shape[1:]).to(device)
-            out = step_fn(x, v, sigma, sigma_next, noise_level, noise=noise)
+            out = solver.step(v, index, x, noise=noise)
             picked = rows.to(device).view(-1, *([1] * (x.dim() - 1)))
-            drawn = torch.where(picked, out.sample, x_next)
+            drawn = torch.where(picked, out.prev_sample, x_next)
             if store_trajectory:
                 trajectory["latents"].append(x.cpu())
                 trajectory["next_latents"].append(drawn.cpu())
@@ -96,7 +102,7 @@ def sample(
                 trajectory["step_index"].append(torch.full((len(seeds),), index, dtype=torch.long))
             x_next = drawn
         x = x_next
-    result = SampleResult(samples=x.cpu(), grid=grid)
+    result = SampleResult(samples=x.cpu(), grid=solver.sigmas)
     if store_trajectory:
         if not trajectory["latents"]:
             raise ValueError("store_trajectory needs stochastic steps: use sampler sde or cps")
