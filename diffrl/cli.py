@@ -38,10 +38,34 @@ def cmd_run(args: argparse.Namespace) -> int:
     return 0
 
 
-def cmd_pretrain(args: argparse.Namespace) -> int:
-    from diffrl.kinds.pretrain.shapes_recipe import pretrain_shapes
+# `diffrl pretrain-shapes`: configs/pretrain_shapes.yaml, embedded (the recipe is PretrainJobConfig's defaults).
+PRETRAIN_SHAPES = {"kind": "pretrain", "name": "pretrain_shapes", "learner": {"cpus_per_worker": 2},
+                   "eval": {"cpus_per_worker": 2}, "trainer": {"checkpoint_every": 500}}
 
-    pretrain_shapes(out_dir=args.out, minutes=args.minutes, steps=args.steps, seed=args.seed)
+
+def cmd_pretrain(args: argparse.Namespace) -> int:
+    """The pretrain kind with the shipped recipe; --out copies the trained model directory there."""
+    import shutil
+    from pathlib import Path
+
+    from diffrl.kinds import parse_job, run_job
+    from diffrl.platform.config import ConfigError, apply_overrides
+
+    out = Path(args.out) if args.out else None
+    if out is not None and out.exists() and not args.force:
+        print(f"error: {out} exists; pass --force to replace it", file=sys.stderr)
+        return 2
+    overrides = [*args.overrides, f"seed={args.seed}"] + ([f"trainer.steps={args.steps}"] if args.steps else [])
+    try:
+        cfg = parse_job(apply_overrides(PRETRAIN_SHAPES, overrides), source="diffrl pretrain-shapes")
+    except ConfigError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    summary = run_job(cfg)
+    if out is not None:
+        shutil.rmtree(out, ignore_errors=True)
+        shutil.copytree(summary["model"], out)
+        print(f"pretrain-shapes: model copied to {out}")
     return 0
 
 
@@ -85,10 +109,12 @@ def build_parser() -> argparse.ArgumentParser:
                           "127.0.0.1")
     run.set_defaults(func=cmd_run)
 
-    pre = sub.add_parser("pretrain-shapes", help="pretrain the built-in tiny model on the shapes world")
-    pre.add_argument("--out", default="diffrl/models/assets/shapes_base", help="output weights directory")
-    pre.add_argument("--steps", type=int, default=None, help="optimizer steps (default: the shipped recipe)")
-    pre.add_argument("--minutes", type=float, default=None, help="stop after this many minutes")
+    pre = sub.add_parser("pretrain-shapes", help="pretrain the built-in tiny model on the shapes world (an alias of "
+                                                 "diffrl run configs/pretrain_shapes.yaml)")
+    pre.add_argument("overrides", nargs="*", help="dotted overrides such as learner.num_workers=2")
+    pre.add_argument("--out", default=None, help="also copy the trained model directory here")
+    pre.add_argument("--force", action="store_true", help="replace --out if it exists")
+    pre.add_argument("--steps", type=int, default=None, help="optimizer steps (default: the shipped recipe's 5000)")
     pre.add_argument("--seed", type=int, default=0)
     pre.set_defaults(func=cmd_pretrain)
 

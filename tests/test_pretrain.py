@@ -97,3 +97,10 @@ def wait_until(condition, proc, timeout: float = 300) -> None:
         assert proc.poll() is None, proc.stdout.read()[-4000:]
         assert time.monotonic() < deadline, "the run did not get there in time"
         time.sleep(0.02)
+
+
+def test_pretrain_shapes_is_an_alias_of_the_config_file():
+    from diffrl.cli import PRETRAIN_SHAPES
+    from diffrl.kinds import parse_job
+
+    assert parse_job(dict(PRETRAIN_SHAPES)).model_dump() == load_job(JOB).model_dump()

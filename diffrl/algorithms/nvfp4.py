@@ -1,6 +1,6 @@
 """NVFP4 numerics: E2M1 values, one E4M3 scale per 16 consecutive elements, one FP32 scale per tensor.
 
-Format facts (NVIDIA Blackwell NVFP4; ALGORITHMS.md): E2M1 magnitudes {0, 0.5, 1, 1.5, 2, 3, 4, 6} with a sign bit,
+Format facts (NVIDIA Blackwell NVFP4; torchao prototype/mx_formats/nvfp4_tensor.py): E2M1 magnitudes {0, 0.5, 1, 1.5, 2, 3, 4, 6} with a sign bit,
 round to nearest even, saturating at 6; each block of 16 elements along the last (reduction) dimension shares a
 scale stored as FP8 E4M3 (max 448); a per-tensor FP32 scale amax / (448 * 6) lets the block scales use the whole
 E4M3 range. The scale arithmetic follows the public reference quantizer (torchao.prototype.mx_formats

@@ -3,7 +3,7 @@
 It is the embedded default's data source. Its prompts are GenEval prompts in GenEval's own metadata format and caption
 templates (djghosh13/geneval `prompts/create_prompts.py`), restricted to three shapes and three colors, so GenEval's
 real rules (`diffrl.rewards.geneval`) score the images of a tiny CPU model. The world is built for learnability
-(see ENVIRONMENT.md, the shapes-world probe): one black background, one object size, at most one object per cell.
+(measured in the project's probes of the shapes world, docs/architecture.md): one black background, one object size, at most one object per cell.
 """
 
 from __future__ import annotations

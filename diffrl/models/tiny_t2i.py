@@ -1,7 +1,7 @@
 """The built-in tiny text-to-image flow model: a diffusers SD3 transformer in pixel space plus a small CLIP text
 encoder with a word-level tokenizer, all built from small configs (no download).
 
-Design for learnability on CPU (ENVIRONMENT.md, second probe): one transformer token per cell of the shapes world
+Design for learnability on CPU (the project's second shapes-world probe, docs/architecture.md): one transformer token per cell of the shapes world
 (patch size = cell size), and the network predicts the clean image x0, converted to a velocity for sampling and for
 the losses: with x_t = (1 - t) x0 + t eps, v = (x_t - x0_hat) / t.
 """

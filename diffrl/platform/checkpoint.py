@@ -10,7 +10,7 @@ A checkpoint is a directory `runs/NAME/checkpoints/step_000050/`:
     manifest.json              size and sha256 of every file above; written last
 
 It is built in a hidden temporary directory beside its final place and renamed into place in one step, so a crash
-leaves either no checkpoint or a complete one. `load_checkpoint` checks the manifest (every file present, sizes and
+leaves either no checkpoint or a complete one. `latest_checkpoint` checks the manifest (every file present, sizes and
 hashes equal) before anything is read and names the file at fault otherwise. Nested state (Python containers of
 tensors, numbers and strings) is split into safetensors (the tensors) and JSON (the structure), so nothing needs
 pickle to load.

@@ -24,7 +24,7 @@ def connect_ray(address: str | None = None, num_cpus: int = 8, num_gpus: int | N
     """Join `address` (or RAY_ADDRESS) if set; otherwise start a local cluster whose ports listen on loopback only.
 
     Logical CPUs are a scheduling budget, not cores: a local cluster gets `num_cpus` so that every role's actors fit
-    (ENVIRONMENT.md: with num_cpus=2 a few 0.5-CPU actors plus a placement group never fit).
+    (measured: with num_cpus=2 a few 0.5-CPU actors plus a placement group never fit).
     """
     os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
     import ray

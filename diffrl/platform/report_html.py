@@ -11,16 +11,15 @@ from __future__ import annotations
 import argparse
 import html
 import json
-import os
-import re
 import sys
-import tempfile
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
 import yaml
 
+from diffrl.platform.checkpoint import MANIFEST, PREFIX, list_checkpoints
+from diffrl.utils.atomic import atomic_write_text
 from diffrl.platform.report_plots import (
     Records, data_uri, plot_reward, plot_small_multiples, plot_stage_times, plot_tasks, read_records, task_tags,
 )
@@ -78,8 +77,7 @@ def _grid_uri(path: Path) -> str | None:
 def _latest_checkpoint(run_dir: Path) -> int | None:
     """The newest complete checkpoints/step_XXXXXX: committed under its final name, with the manifest that
     diffrl/platform/checkpoint.py writes last (files are not re-hashed here: the report must stay fast)."""
-    steps = [int(p.name[5:]) for p in (run_dir / "checkpoints").glob("step_*")
-             if re.fullmatch(r"step_\d+", p.name) and (p / "manifest.json").is_file()]
+    steps = [int(p.name.removeprefix(PREFIX)) for p in list_checkpoints(run_dir) if (p / MANIFEST).is_file()]
     return max(steps) if steps else None
 
 
@@ -100,19 +98,23 @@ def _header(run_dir: Path, config: dict[str, Any], records: Records) -> str:
     name = config.get("name") or run_dir.name
     last_step = max((r["step"] for r in records.steps), default=0)
     evals = [(r["step"], r["eval/headline"]) for r in records.evals]
-    if len(evals) > 1:
+    if evals and config.get("kind", "rl") != "rl":  # no base model to compare with: the latest eval
+        headline = f"{evals[-1][1]:.3f} (step {evals[-1][0]})"
+    elif len(evals) > 1:
         headline = f"base {evals[0][1]:.3f} &rarr; {evals[-1][1]:.3f} (step {evals[-1][0]})"
     elif evals:
         headline = f"base {evals[0][1]:.3f} (no later eval yet)"
     else:
         headline = "not yet available"
     checkpoint = _latest_checkpoint(run_dir)
-    rows = [("run", html.escape(str(name))), ("algorithm", html.escape(str(learner.get("algorithm", "?")))),
-            ("rollout strategy", html.escape(str(rollout.get("strategy", "?")))),
-            ("status", "finished" if records.summary else "in progress"),
-            ("last step", str(last_step)), (f"held-out {html.escape(eval_label)}", headline),
-            ("latest checkpoint", f"step {checkpoint}" if checkpoint is not None else "none"),
-            ("generated", datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M:%S UTC"))]
+    rows = [("run", html.escape(str(name))), ("kind", html.escape(str(config.get("kind", "rl")))),
+            ("algorithm", html.escape(str(learner.get("algorithm", "?"))))]
+    if rollout.get("strategy"):
+        rows.append(("rollout strategy", html.escape(str(rollout["strategy"]))))
+    rows += [("status", "finished" if records.summary else "in progress"),
+             ("last step", str(last_step)), (f"held-out {html.escape(eval_label)}", headline),
+             ("latest checkpoint", f"step {checkpoint}" if checkpoint is not None else "none"),
+             ("generated", datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M:%S UTC"))]
     quantization = _quantization_line(run_dir)
     if quantization:
         rows.insert(3, ("low precision", html.escape(quantization)))
@@ -121,13 +123,14 @@ def _header(run_dir: Path, config: dict[str, Any], records: Records) -> str:
             f"<p>Run directory: <code>{html.escape(str(run_dir))}</code></p></header>")
 
 
-def _samples_section(run_dir: Path) -> str:
+def _samples_section(run_dir: Path, kind: str) -> str:
     try:
         meta = json.loads((run_dir / "samples.json").read_text())
     except (OSError, json.JSONDecodeError):
         meta = {}
     figures = []
-    for which in ("before", "after"):
+    # RL runs show the base model's samples beside the trained one's; other kinds (pretraining) only the result.
+    for which in ("before", "after") if kind == "rl" else ("after",):
         info = meta.get(which) or {}
         title = info.get("title") or f"{which} RL"
         uri = _grid_uri(run_dir / f"samples_{which}.png")
@@ -140,7 +143,8 @@ def _samples_section(run_dir: Path) -> str:
         alt = f"Sample grid {which} RL{step}: one held-out prompt per row, samples from fixed seeds"
         figures.append(f"<figure>{_img(uri, alt)}<figcaption><b>{html.escape(title)}</b>"
                        f"{'<ol>' + prompts + '</ol>' if prompts else ''}</figcaption></figure>")
-    return _section("samples", "Samples before and after RL", "\n".join(figures))
+    title = "Samples before and after RL" if kind == "rl" else "Samples"
+    return _section("samples", title, "\n".join(figures))
 
 
 def _plot_sections(config: dict[str, Any], records: Records) -> list[str]:
@@ -198,7 +202,7 @@ def render_report(run_dir: Path) -> str:
     config = yaml.safe_load(config_text) or {}
     records = read_records(run_dir / "metrics.jsonl")
     name = config.get("name") or run_dir.name
-    sections = [_header(run_dir, config, records), *_plot_sections(config, records), _samples_section(run_dir),
+    sections = [_header(run_dir, config, records), *_plot_sections(config, records), _samples_section(run_dir, config.get("kind", "rl")),
                 f'<details id="config"><summary>Resolved job (config.yaml)</summary>'
                 f"<pre>{html.escape(config_text or 'not available')}</pre></details>"]
     return (f'<!DOCTYPE html>\n<html lang="en"><head><meta charset="utf-8">'
@@ -209,18 +213,7 @@ def render_report(run_dir: Path) -> str:
 def write_report(run_dir: Path) -> Path:
     """Build `run_dir/report.html` and replace the old one atomically (a reader never sees half a page)."""
     run_dir = Path(run_dir)
-    page = render_report(run_dir)
-    path = run_dir / "report.html"
-    handle, tmp = tempfile.mkstemp(dir=run_dir, prefix=".report.", suffix=".tmp")
-    try:
-        with os.fdopen(handle, "w", encoding="utf-8") as out:
-            out.write(page)
-        os.chmod(tmp, 0o644)
-        os.replace(tmp, path)
-    except BaseException:
-        os.unlink(tmp)
-        raise
-    return path
+    return atomic_write_text(run_dir / "report.html", render_report(run_dir))
 
 
 def refresh_report(run_dir: Path) -> None:

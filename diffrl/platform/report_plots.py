@@ -5,13 +5,14 @@ from __future__ import annotations
 
 import base64
 import io
-import json
 import math
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
+
+from diffrl.platform.reporting import MetricsLog
 
 @dataclass
 class Records:
@@ -23,18 +24,12 @@ class Records:
 
 
 def read_records(path: Path) -> Records:
-    """Every complete line of metrics.jsonl; a trailing line without its newline is still being appended."""
-    lines = path.read_bytes().split(b"\n")[:-1] if path.exists() else []
-    records = []
-    for number, line in enumerate(lines, start=1):
-        if line.strip():
-            try:
-                records.append(json.loads(line))
-            except ValueError:
-                raise ValueError(f"{path}:{number}: not a JSON record") from None
+    """metrics.jsonl (MetricsLog.read: a last line still being appended is skipped) split into training steps (RL:
+    reward/mean; pretraining: train/loss), held-out evals and the summary."""
+    records = MetricsLog(path).read()
     summaries = [r for r in records if "summary/final" in r]
     return Records(
-        steps=[r for r in records if "reward/mean" in r],
+        steps=[r for r in records if "reward/mean" in r or "train/loss" in r],
         evals=sorted((r for r in records if "eval/headline" in r), key=lambda r: r["step"]),
         summary=summaries[-1] if summaries else None,
     )
@@ -108,6 +103,21 @@ def _finish(ax, title: str, ylabel: str = "") -> None:
 
 
 def plot_reward(records: Records, eval_label: str) -> str | None:
+    """plot_reward's figure as a PNG data URI (None: nothing logged yet)."""
+    fig = reward_figure(records, eval_label)
+    return None if fig is None else _png_uri(fig)
+
+
+def write_reward_curve(run_dir: Path, eval_label: str) -> Path | None:
+    """run_dir/reward_curve.png: the report's reward plot as a file of its own."""
+    fig = reward_figure(read_records(run_dir / "metrics.jsonl"), eval_label)
+    if fig is None:
+        return None
+    fig.savefig(run_dir / "reward_curve.png", format="png")
+    return run_dir / "reward_curve.png"
+
+
+def reward_figure(records: Records, eval_label: str):
     """Training reward per step (batch mean and its moving average) with the held-out headline points."""
     steps, values = series(records.steps, "reward/mean")
     eval_steps, eval_values = series(records.evals, "eval/headline")
@@ -122,7 +132,7 @@ def plot_reward(records: Records, eval_label: str) -> str | None:
         ax.plot(eval_steps, eval_values, "o-", color="tab:red", label=f"held-out {eval_label}")
     _finish(ax, f"training reward and held-out {eval_label}", "reward")
     ax.legend(loc="best", fontsize=8)
-    return _png_uri(fig)
+    return fig
 
 
 def plot_small_multiples(records: list[dict[str, Any]], keys: list[str]) -> str:

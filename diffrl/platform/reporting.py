@@ -1,4 +1,4 @@
-"""What a run writes for people: metrics.jsonl, sample grids with their prompts, reward curves."""
+"""What a run writes for people: metrics.jsonl and sample grids with their prompts (plots: report_plots.py)."""
 
 from __future__ import annotations
 
@@ -55,32 +55,3 @@ def sample_grid(
         if col == 0:
             draw.text((4, top + row * (h + pad) + h // 2 - 6), prompts[index][:42], fill=(0, 0, 0))
     canvas.save(path)
-
-
-def plot_curves(records: list[dict[str, Any]], path: Path, title: str) -> None:
-    """Training reward per step (with a moving average) and held-out eval points, as one PNG."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    train = [(r["step"], r["reward/mean"]) for r in records if "reward/mean" in r]
-    evals = [(r["step"], r["eval/headline"]) for r in records if "eval/headline" in r]
-    fig, ax = plt.subplots(figsize=(7, 4))
-    if train:
-        steps, values = zip(*train)
-        ax.plot(steps, values, color="tab:blue", alpha=0.35, label="train reward (batch mean)")
-        window = max(1, len(values) // 15)
-        smooth = np.convolve(values, np.ones(window) / window, mode="valid")
-        ax.plot(steps[window - 1 :], smooth, color="tab:blue", label=f"train reward ({window}-step mean)")
-    if evals:
-        steps, values = zip(*evals)
-        ax.plot(steps, values, "o-", color="tab:red", label="held-out eval (headline metric)")
-    ax.set_xlabel("RL step")
-    ax.set_ylabel("reward")
-    ax.set_title(title)
-    ax.grid(alpha=0.3)
-    ax.legend(loc="best")
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)

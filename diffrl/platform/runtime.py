@@ -55,7 +55,8 @@ class Roles:
         """The role of a group that is never restarted in place (max_restarts 0) and lost a worker, if `error`
         came from such a death (its error can surface through another group's call, so each is asked)."""
         if isinstance(error, WorkerLost):
-            return next((n for n, g in self.groups.items() if g.name == error.group), error.group)
+            role = next((n for n, g in self.groups.items() if g.name == error.group), None)
+            return role if role is not None and not self.specs[role].max_restarts else None
         if not any(group.backend.is_lost(error) for group in self.groups.values()):
             return None
         for name, group in self.groups.items():

@@ -1,4 +1,4 @@
-"""Flow-GRPO's OCR reward (arXiv 2505.05470; ALGORITHMS.md, Rewards) with rapidocr-onnxruntime, whose detection and
+"""Flow-GRPO's OCR reward (arXiv 2505.05470; yifan123/flow_grpo flow_grpo/ocr.py) with rapidocr-onnxruntime, whose detection and
 recognition models ship inside its wheel (nothing is downloaded).
 
 target = the text between the first pair of double quotes of the prompt; the recognized lines are joined; both are

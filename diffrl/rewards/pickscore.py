@@ -1,4 +1,4 @@
-"""PickScore (Kirstain et al., arXiv 2305.01569) as Flow-GRPO uses it (ALGORITHMS.md, Rewards): CLIP image and text
+"""PickScore (Kirstain et al., arXiv 2305.01569) as Flow-GRPO uses it (yifan123/flow_grpo flow_grpo/pickscore_scorer.py): CLIP image and text
 embeddings, L2-normalized, score = logit_scale.exp() * cosine / 26. The CLIP model and its processor load from a
 local directory (PickScore_v1 and its CLIP-H processor downloaded beforehand); nothing is downloaded at run time.
 """

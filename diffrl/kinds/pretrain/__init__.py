@@ -1,6 +1,6 @@
 """`kind: pretrain`: supervised pretraining of the built-in model on N data-parallel DeepSpeed learner ranks (the
 shapes world's renders; the data source is pluggable), with the runtime's run directory, report, checkpoints and
-exact resume. `diffrl pretrain-shapes` runs configs/pretrain_shapes.yaml."""
+exact resume. `diffrl pretrain-shapes` runs the same job as configs/pretrain_shapes.yaml."""
 
 from __future__ import annotations
 

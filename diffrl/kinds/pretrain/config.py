@@ -63,6 +63,7 @@ class PretrainTrainerConfig(TrainerBase):
     eval_seeds_per_prompt: int = Field(8, ge=1)
     sample_steps: int = Field(10, ge=1, description="ODE steps of the held-out samples")
     sample_grid_prompts: int = Field(8, ge=1)
+    eval_label: str = "GenEval-shapes strict"
 
 
 class PretrainJobConfig(JobConfig):

@@ -47,7 +47,7 @@ def run(ctx: RunContext) -> dict[str, Any]:
         if evaluated:
             score = evaluate(cfg, learner, rollout, rewards, source.heldout, done, log, run_dir, last)
             evaluations.append((done, score))
-            bar.write(f"step {done}: held-out GenEval-shapes strict {score:.3f}")
+            bar.write(f"step {done}: held-out {cfg.trainer.eval_label} {score:.3f}")
         if cfg.trainer.checkpoint_every and done % cfg.trainer.checkpoint_every == 0:
             state = {"evaluations": evaluations, "sampler": {"kind": "seeded_per_step", "seed": cfg.seed,
                                                              "next_step": done}}
@@ -61,7 +61,7 @@ def run(ctx: RunContext) -> dict[str, Any]:
     final = evaluations[-1][1] if evaluations else float("nan")
     log.write({"summary/final": final, "step": cfg.trainer.steps})
     refresh_report(run_dir)
-    ctx.echo(f"pretrain: held-out GenEval-shapes strict {final:.3f}; model saved to {model_dir} "
+    ctx.echo(f"pretrain: held-out {cfg.trainer.eval_label} {final:.3f}; model saved to {model_dir} "
              f"(use it as model.path)")
     return {"run_dir": str(run_dir), "final": final, "weights": str(weights), "model": model_dir}
 
@@ -76,7 +76,7 @@ def evaluate(cfg: PretrainJobConfig, learner: WorkerGroup, rollout: WorkerGroup,
     metrics = eval_metrics(batch, METRIC)
     log.write({"step": step, **metrics})
     if last:
-        title = f"after pretraining: GenEval-shapes strict {metrics['eval/headline']:.3f} (step {step})"
+        title = f"after pretraining: {cfg.trainer.eval_label} {metrics['eval/headline']:.3f} (step {step})"
         write_grid(batch, run_dir, "after", step, title, cfg.trainer.eval_seeds_per_prompt,
                    cfg.trainer.sample_grid_prompts)
     return metrics["eval/headline"]

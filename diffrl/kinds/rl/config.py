@@ -83,7 +83,8 @@ class RolloutConfig(Section):
 
 
 class AWMConfig(Section):
-    """Advantage Weighted Matching (arXiv 2509.25050); defaults from ALGORITHMS.md, tuned for the shapes world."""
+    """Advantage Weighted Matching (arXiv 2509.25050); defaults from scxue/advantage_weighted_matching, tuned for the
+    shapes world."""
 
     num_timesteps: int = Field(6, ge=1, description="training timesteps per sample (strata of the rollout grid)")
     timestep_fraction: float = Field(0.9, gt=0, le=1, description="strata cover grid steps [1, fraction * steps)")
@@ -99,7 +100,7 @@ class AWMConfig(Section):
 
 
 class FlowGRPOConfig(Section):
-    """Flow-GRPO (arXiv 2505.05470); defaults from the GenEval preset of yifan123/flow_grpo (ALGORITHMS.md)."""
+    """Flow-GRPO (arXiv 2505.05470); defaults from the GenEval preset of yifan123/flow_grpo."""
 
     clip_range: float = Field(1e-4, gt=0, description="PPO ratio clip eps")
     clip_range_high: float | None = Field(None, gt=0, description="asymmetric upper clip; None uses clip_range")
@@ -110,7 +111,7 @@ class FlowGRPOConfig(Section):
 
 
 class NFTConfig(Section):
-    """DiffusionNFT as Sol-RL trains it (NVlabs/Sana train_scripts/sol_rl; ALGORITHMS.md)."""
+    """DiffusionNFT as Sol-RL trains it (NVlabs/Sana train_scripts/sol_rl)."""
 
     num_timesteps: int = Field(6, ge=1, description="training timesteps per sample (strata of the rollout grid)")
     timestep_fraction: float = Field(0.9, gt=0, le=1, description="strata cover grid steps [1, fraction * steps)")

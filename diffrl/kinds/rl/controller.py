@@ -20,7 +20,7 @@ from diffrl.kinds.rl.roles import RLRoles
 from diffrl.kinds.rollouts import generate_and_score
 from diffrl.kinds.rl.sol import sol_batch
 from diffrl.platform.report_html import refresh_report
-from diffrl.platform.reporting import plot_curves
+from diffrl.platform.report_plots import write_reward_curve
 from diffrl.platform.runtime import RunContext
 from diffrl.platform.worker import WorkerGroup
 from diffrl.workers.batch import RolloutBatch
@@ -78,7 +78,7 @@ def run(ctx: RunContext) -> dict[str, Any]:
     bar.close()
 
     weights = save_weights(learner, sync.learner_weights(ema=cfg.learner.eval_ema_decay > 0), run_dir, "final")
-    plot_curves(log.read(), run_dir / "reward_curve.png", f"{cfg.name}: {cfg.trainer.eval_label}")
+    write_reward_curve(run_dir, cfg.trainer.eval_label)
     base, final = evaluations[0][1], evaluations[-1][1]
     log.write({"summary/base": base, "summary/final": final, "step": cfg.trainer.steps})
     refresh_report(run_dir)
@@ -87,7 +87,7 @@ def run(ctx: RunContext) -> dict[str, Any]:
 
 
 def compute_advantages(batch: RolloutBatch, cfg: RLJobConfig) -> torch.Tensor:
-    """Per-prompt advantages as each method defines them (ALGORITHMS.md): AWM clips to +-5 and divides by 5 (then
+    """Per-prompt advantages as each method defines them (the AWM, Flow-GRPO and DiffusionNFT reference code): AWM clips to +-5 and divides by 5 (then
     damps negatives by awm.negative_scale); Flow-GRPO clips to +-5; DiffusionNFT clips inside its loss."""
     algorithm = cfg.learner.algorithm
     section = getattr(cfg.learner, algorithm)
