@@ -94,13 +94,14 @@ class LearnerWorker(WorkerBase):
 
         self.model = build_model_from_config(self.model_cfg)
         self.model.requires_grad_(False)
-        # What the engine trains: the denoiser, or (objective.trains == "model") every module of the adapter.
-        trained = self.model if self.objective.trains == "model" else self.model.denoiser
         lora = self.model_cfg.get("lora", {"enabled": False})
         self.frozen_reference = None  # under LoRA the base model is the denoiser with its adapters disabled
         if lora["enabled"]:
             apply_lora(self.model, lora["rank"], lora["alpha"], lora["target_modules"])
-        else:
+        # What the engine trains: the denoiser (LoRA-wrapped or not), or (objective.trains == "model") every module
+        # of the adapter.
+        trained = self.model if self.objective.trains == "model" else self.model.denoiser
+        if not lora["enabled"]:
             if self.objective.needs_reference:
                 self.frozen_reference = copy.deepcopy(self.model.denoiser).eval()
             trained.requires_grad_(True)
