@@ -16,9 +16,9 @@ from diffrl.platform.reporting import sample_grid
 from diffrl.platform.worker import Pending, WorkerGroup, split_evenly
 from diffrl.rewards.base import RewardOutput
 from diffrl.utils.atomic import atomic_write_text
+from diffrl.utils.rng import EVAL_SEED_BASE
 from diffrl.workers.batch import RolloutBatch, SampleRequest
 
-EVAL_SEED_BASE = 1_000_000_000  # eval seeds never collide with training seeds (< 2**30)
 
 
 def generate_and_score(rollout: WorkerGroup, rewards: list[WorkerGroup], requests: list[SampleRequest],

@@ -2,10 +2,38 @@
 
 from __future__ import annotations
 
+import enum
 from typing import Any
 
 import numpy as np
 import torch
+
+# Training sample seeds are drawn from [0, TRAINING_SEEDS); held-out eval seeds are EVAL_SEED_BASE + j, above them,
+# so an eval sample never repeats a training sample's noise.
+TRAINING_SEEDS = 2**30
+EVAL_SEED_BASE = 2**30
+
+
+class Stream(enum.IntEnum):
+    """The random streams derived from a sample's (or a job's) seed: each draw is keyed by (stream, *keys) and hashed
+    by NumPy's SeedSequence, so no two streams or keys share a generator (an affine mix such as seed * 7919 + step
+    collides once step reaches 7919)."""
+
+    SDE_NOISE = 1  # per-sample noise of sampler step j: (seed, j)
+    SDE_WINDOW = 2  # Flow-GRPO-Fast's window start per sample: (seed,)
+    TRAINING_ROWS = 3  # AWM / NFT training timesteps and noise: (seed or prompt hash, RL step)
+    TRAINED_STEPS = 4  # Flow-GRPO's subset of stored steps: (seed, RL step)
+    SOL_SELECTION = 5  # Sol-RL's random selection rule: (job seed, RL step)
+
+
+def stream_seed(stream: Stream, *keys: int) -> int:
+    """A 63-bit seed for torch.Generator.manual_seed from (stream, *keys) (non-negative integers)."""
+    low, high = np.random.SeedSequence([int(stream), *(int(k) for k in keys)]).generate_state(2, dtype=np.uint32)
+    return (int(high) << 31) ^ int(low)
+
+
+def stream_generator(stream: Stream, *keys: int) -> torch.Generator:
+    return torch.Generator().manual_seed(stream_seed(stream, *keys))
 
 
 def capture_rng() -> dict[str, Any]:

@@ -27,6 +27,7 @@ from diffrl.algorithms.flow_grpo import flow_grpo_kl, flow_grpo_loss
 from diffrl.algorithms.flow_matching import cps_step, sde_step, stratified_timesteps
 from diffrl.algorithms.nft import nft_loss
 from diffrl.models.adapter import Conditioning
+from diffrl.utils.rng import Stream, stream_generator
 from diffrl.workers.batch import RolloutBatch
 
 class Models(Protocol):
@@ -79,7 +80,7 @@ def _matching_rows(
         # Shared noise gives every sample of a prompt's group the same timesteps and noise (common random
         # numbers), so regions the samples share get nearly cancelling gradients instead of independent noise.
         key = zlib.crc32(prompt.encode()) if shared_noise else seed
-        gen = torch.Generator().manual_seed(key * 7919 + step)
+        gen = stream_generator(Stream.TRAINING_ROWS, key, step)
         ts.append(stratified_timesteps(batch.grid, num_timesteps, gen, fraction=fraction))
         eps.append(torch.randn((num_timesteps, *batch.samples.shape[1:]), generator=gen))
     t = torch.stack(ts).float().reshape(-1)
@@ -171,7 +172,7 @@ class FlowGRPOObjective(Objective):
             slots = torch.arange(trained).expand(n, trained)
         else:  # timestep_fraction < 1: a per-sample random subset of the stored steps, in step order
             slots = torch.stack([
-                torch.randperm(self.stored, generator=torch.Generator().manual_seed(seed * 7919 + step))[:trained].sort()[0]
+                torch.randperm(self.stored, generator=stream_generator(Stream.TRAINED_STEPS, seed, step))[:trained].sort()[0]
                 for seed in batch.seeds.tolist()
             ])
         sample_index = torch.arange(n).expand(trained, n).T  # [n, trained]

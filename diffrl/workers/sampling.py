@@ -10,6 +10,7 @@ import torch
 from diffrl.algorithms.flow_matching import sde_window, timestep_grid
 from diffrl.algorithms.solvers import build_solver
 from diffrl.models.adapter import Conditioning, ModelAdapter
+from diffrl.utils.rng import Stream, stream_generator
 
 
 @dataclass
@@ -26,7 +27,7 @@ class SampleResult:
 def step_noise(seeds: Sequence[int], step: int, shape: tuple[int, ...]) -> torch.Tensor:
     """Per-sample SDE noise for sampler step `step`: a function of (seed, step) only, never of the batch."""
     return torch.stack(
-        [torch.randn(shape, generator=torch.Generator().manual_seed(int(seed) * 1_000_003 + step + 1)) for seed in seeds]
+        [torch.randn(shape, generator=stream_generator(Stream.SDE_NOISE, seed, step)) for seed in seeds]
     )
 
 
@@ -44,7 +45,7 @@ def stochastic_steps(seeds: Sequence[int], stochastic: Sequence[bool], window: i
         return allowed.expand(len(seeds), num_steps).clone()
     mask = torch.zeros(len(seeds), num_steps, dtype=torch.bool)
     for row, seed in enumerate(seeds):
-        start = sde_window(num_steps, window, torch.Generator().manual_seed(int(seed) * 7 + 3))
+        start = sde_window(num_steps, window, stream_generator(Stream.SDE_WINDOW, seed))
         mask[row, start : start + window] = True
     return mask & allowed
 

@@ -9,6 +9,7 @@ from pathlib import Path
 import numpy as np
 
 from diffrl.kinds.rl.config import RLJobConfig
+from diffrl.utils.rng import TRAINING_SEEDS
 from diffrl.workers.batch import SampleRequest
 
 def prompt_splits(cfg: RLJobConfig) -> tuple[list[dict], list[dict]]:
@@ -49,7 +50,7 @@ def step_requests(prompts: list[dict], cfg: RLJobConfig, step: int, group_size: 
     rng = np.random.default_rng([cfg.seed, step])
     k = cfg.rollout.prompts_per_step
     chosen = rng.choice(len(prompts), size=k, replace=k > len(prompts))
-    seeds = rng.integers(0, 2**30, size=k * size)
+    seeds = rng.integers(0, TRAINING_SEEDS, size=k * size)
     return [
         SampleRequest(prompts[p]["prompt"], prompts[p], group, int(seeds[group * size + j]))
         for group, p in enumerate(chosen)

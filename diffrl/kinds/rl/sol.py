@@ -11,6 +11,7 @@ from diffrl.kinds.rl.config import RLJobConfig
 from diffrl.kinds.rl.data import step_requests
 from diffrl.kinds.rollouts import generate_and_score
 from diffrl.platform.worker import WorkerGroup
+from diffrl.utils.rng import Stream, stream_generator
 from diffrl.workers.batch import RolloutBatch
 
 
@@ -25,7 +26,7 @@ def sol_batch(cfg: RLJobConfig, rollout: WorkerGroup, explore: WorkerGroup, rewa
     pool_requests = step_requests(prompts, cfg, step, group_size=n)
     pool = generate_and_score(explore, rewards, pool_requests, times=times, stage="explore")
     explore_rewards = pool.rewards.view(p, n)
-    chosen = select_seeds(explore_rewards, k, sol.select, torch.Generator().manual_seed(cfg.seed * 1_000_003 + step))
+    chosen = select_seeds(explore_rewards, k, sol.select, stream_generator(Stream.SOL_SELECTION, cfg.seed, step))
     flat = (chosen + torch.arange(p)[:, None] * n).reshape(-1)
     if sol.regenerate:
         batch = generate_and_score(rollout, rewards, [pool_requests[i] for i in flat.tolist()], times=times,
