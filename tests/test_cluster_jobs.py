@@ -325,8 +325,8 @@ except Exception as err:
     error = f"{type(err).__name__}: {err}"
 # Two learner ranks on two nodes (one "slot" each) with broadcast weight sync: they meet through a TCP store on
 # rank 0's node, train one step together, and every rollout worker receives the update.
-cfg = load_job(job, overrides + ["learner.num_workers=2", "learner.resources={slot: 1}",
-                                 "learner.sync_backend=broadcast"])
+cfg = load_job(job, overrides + ["learner.num_workers=2", "learner.cpus_per_worker=1",
+                                 "learner.resources={slot: 1}", "learner.sync_backend=broadcast"])
 roles = start_roles(cfg)
 try:
     train, _ = prompt_splits(cfg)

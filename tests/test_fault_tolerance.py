@@ -49,7 +49,8 @@ def kill_when_busy(group, method: str, found: list, timeout_s: float = 60.0) -> 
 
 
 def test_killed_rollout_and_reward_workers_lose_and_duplicate_nothing(ray_cluster):
-    cfg = load_job(JOB, ["rollout.num_workers=2", "rollout.prompts_per_step=8", "rollout.group_size=16",
+    cfg = load_job(JOB, ["rollout.num_workers=2", "rollout.cpus_per_worker=1", "rollout.prompts_per_step=8",
+                         "rollout.group_size=16",
                          "rollout.batch_size=32", "reward.num_workers=2", "learner.lr=1e-3"])
     train, _ = prompt_splits(cfg)
     roles = start_roles(cfg)
@@ -116,7 +117,8 @@ def test_a_worker_past_its_restarts_fails_with_its_name(ray_cluster):
 def test_restart_under_broadcast_sync_forms_the_group_again(ray_cluster):
     """A receiver of the weight-broadcast group dies mid-step: it comes back with the current weights (through the
     object store), the broadcast group is formed again before the next sync, and every worker gets the update."""
-    cfg = load_job(JOB, ["rollout.num_workers=2", "rollout.prompts_per_step=8", "rollout.group_size=16",
+    cfg = load_job(JOB, ["rollout.num_workers=2", "rollout.cpus_per_worker=1", "rollout.prompts_per_step=8",
+                         "rollout.group_size=16",
                          "rollout.batch_size=32", "learner.sync_backend=broadcast", "learner.lr=1e-3"])
     train, _ = prompt_splits(cfg)
     roles = start_roles(cfg)

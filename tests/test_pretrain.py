@@ -8,6 +8,7 @@ import signal
 import time
 from pathlib import Path
 
+import pytest
 import torch
 from safetensors.torch import load_file
 from test_resume import assert_same_weights, diffrl, finish
@@ -18,9 +19,9 @@ from diffrl.kinds.pretrain.data import build_source
 
 REPO = Path(__file__).resolve().parents[1]
 JOB = str(REPO / "configs/pretrain_shapes.yaml")
-FAST = ["learner.batch_size=8", "learner.micro_batch_size=4", "learner.warmup_steps=2", "learner.cpus_per_worker=1",
-        "eval.cpus_per_worker=1", "trainer.eval_every=0", "trainer.eval_seeds_per_prompt=1",
-        "trainer.wandb.mode=disabled"]
+SIX_STEPS = ["trainer.steps=6", "trainer.checkpoint_every=2", "learner.batch_size=8", "learner.micro_batch_size=4",
+             "learner.warmup_steps=2", "learner.cpus_per_worker=1", "eval.cpus_per_worker=1", "trainer.eval_every=0",
+             "trainer.eval_seeds_per_prompt=1", "trainer.wandb.mode=disabled"]
 
 
 def test_the_data_stream_is_a_function_of_seed_and_step():
@@ -36,46 +37,47 @@ def test_the_data_stream_is_a_function_of_seed_and_step():
     assert [len(h) for h in halves] == [8, 8] and halves[1].prompts == first.prompts[8:]
 
 
-def test_two_learner_ranks_train_the_weights_of_one(ray_cluster, tmp_path, capsys):
-    finals = {}
-    for ranks in (1, 2):
-        out = tmp_path / f"ranks{ranks}"
-        assert cli.main(["run", JOB, f"output_dir={out}", "trainer.steps=3", f"learner.num_workers={ranks}",
-                         *FAST]) == 0
-        finals[ranks] = load_file(str(out / "pretrain_shapes" / "final.safetensors"))
-        records = [json.loads(line) for line in (out / "pretrain_shapes" / "metrics.jsonl").read_text().splitlines()]
-        assert [r["step"] for r in records if "train/loss" in r] == [1, 2, 3]
-        assert any("eval/headline" in r for r in records)
+@pytest.fixture(scope="module")
+def one_rank(ray_cluster, tmp_path_factory) -> Path:
+    """An uninterrupted one-rank run (in this process, on the module's Ray cluster)."""
+    out = tmp_path_factory.mktemp("one_rank")
+    assert cli.main(["run", JOB, f"output_dir={out}", *SIX_STEPS]) == 0
+    return out / "pretrain_shapes"
+
+
+def test_two_learner_ranks_train_the_weights_of_one(one_rank, tmp_path, capsys):
+    assert cli.main(["run", JOB, f"output_dir={tmp_path}", "learner.num_workers=2", *SIX_STEPS]) == 0
     assert "held-out GenEval-shapes strict" in capsys.readouterr().out
-    one, two = finals[1], finals[2]
+    one = load_file(str(one_rank / "final.safetensors"))
+    two = load_file(str(tmp_path / "pretrain_shapes" / "final.safetensors"))
     assert one.keys() == two.keys() and any(k.startswith("text_encoder.") for k in one)  # both modules train
     for key in one:
         torch.testing.assert_close(one[key], two[key], rtol=1e-4, atol=1e-5, msg=key)
+    records = [json.loads(line) for line in (one_rank / "metrics.jsonl").read_text().splitlines()]
+    assert losses_logged(one_rank) == [1, 2, 3, 4, 5, 6] and any("eval/headline" in r for r in records)
 
 
-def test_sigkill_then_resume_is_bitwise_and_the_model_loads_in_rl(tmp_path):
-    args = ["run", JOB, "trainer.steps=12", "trainer.checkpoint_every=4", *FAST]
-    reference = tmp_path / "reference"
-    finish(diffrl(*args, f"output_dir={reference}", cwd=tmp_path))
-    run_dir = tmp_path / "killed" / "pretrain_shapes"
-    proc = diffrl(*args, f"output_dir={tmp_path / 'killed'}", cwd=tmp_path, start_new_session=True)
-    wait_until(lambda: (run_dir / "checkpoints" / "step_000004").is_dir() and 5 in losses_logged(run_dir), proc)
+def test_sigkill_then_resume_is_bitwise_and_the_model_loads_in_rl(one_rank, tmp_path):
+    args = ["run", JOB, f"output_dir={tmp_path}", *SIX_STEPS]
+    run_dir = tmp_path / "pretrain_shapes"
+    proc = diffrl(*args, cwd=tmp_path, start_new_session=True)
+    wait_until(lambda: (run_dir / "checkpoints" / "step_000002").is_dir() and 3 in losses_logged(run_dir), proc)
     os.killpg(proc.pid, signal.SIGKILL)
     proc.wait()
     assert not (run_dir / "final.safetensors").exists()
-    out = finish(diffrl(*args, f"output_dir={tmp_path / 'killed'}", "--resume", cwd=tmp_path))
+    out = finish(diffrl(*args, "--resume", cwd=tmp_path))
     assert "resuming from step" in out
-    assert_same_weights(run_dir / "final.safetensors", reference / "pretrain_shapes" / "final.safetensors")
-    assert losses_logged(run_dir) == list(range(1, 13))  # the steps after the checkpoint were redone, once
+    assert_same_weights(run_dir / "final.safetensors", one_rank / "final.safetensors")
+    assert losses_logged(run_dir) == [1, 2, 3, 4, 5, 6]  # the steps after the checkpoint were redone, once
 
-    # The saved model is an RL job's model.path: the rollout worker builds it and samples.
-    model_dir = reference / "pretrain_shapes" / "model"
-    check = diffrl("run", str(REPO / "configs/shapes_awm.yaml"), f"model.path={model_dir}", "--check", cwd=tmp_path)
-    assert "valid rl job" in finish(check)
+    # The saved model is an RL job's model.path: it validates and builds with exactly the trained weights.
+    model_dir = one_rank / "model"
+    assert "valid rl job" in finish(diffrl("run", str(REPO / "configs/shapes_awm.yaml"), f"model.path={model_dir}",
+                                           "--check", cwd=tmp_path))
     from diffrl.models.registry import build_model
 
     model = build_model("tiny_t2i", str(model_dir))
-    trained = load_file(str(reference / "pretrain_shapes" / "final.safetensors"))
+    trained = load_file(str(one_rank / "final.safetensors"))
     assert model.state_dict().keys() == trained.keys()
     assert all(torch.equal(model.state_dict()[k], trained[k]) for k in trained)
 

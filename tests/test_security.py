@@ -86,8 +86,9 @@ def _loopback(ip: str) -> bool:
 
 def test_every_socket_of_a_local_run_listens_on_loopback(ray_cluster):
     """Ray's own processes, the two learner ranks (gloo) and the weight-broadcast group of a local Ray run."""
-    cfg = load_job(REPO / "configs/shapes_awm.yaml", ["learner.num_workers=2", "learner.sync_backend=broadcast",
-                                                      "rollout.prompts_per_step=2", "rollout.group_size=4"])
+    cfg = load_job(REPO / "configs/shapes_awm.yaml", ["learner.num_workers=2", "learner.cpus_per_worker=1",
+                                                       "learner.sync_backend=broadcast", "rollout.prompts_per_step=2",
+                                                       "rollout.group_size=4"])
     roles = start_roles(cfg)
     try:
         family = {p.pid for p in [psutil.Process(), *psutil.Process().children(recursive=True)]}
