@@ -100,3 +100,10 @@ def test_sol_and_sync_options_are_validated_before_any_work():
         parse_job({"backend": "local", "learner": {"sync_backend": "broadcast"}})
     with pytest.raises(ConfigError, match="flow_grpo needs stochastic rollouts"):
         parse_job({"learner": {"algorithm": "flow_grpo"}})
+
+
+def test_local_backend_refuses_collective_roles_of_several_ranks():
+    for job in (DEFAULT_JOB, Path(__file__).resolve().parents[1] / "configs/pretrain_shapes.yaml"):
+        with pytest.raises(ConfigError, match=r"backend: local runs one learner rank; set learner.num_workers=1"):
+            load_job(job, ["backend=local", "learner.num_workers=2"])
+        assert load_job(job, ["backend=local"]).learner.num_workers == 1

@@ -40,7 +40,13 @@ def parse_job(data: dict, source: str = "<dict>") -> JobConfig:
     kind = KINDS[name]
     cfg = validate_job(kind.config, {**data, "kind": name}, source)
     try:
-        check_colocation(kind.roles(cfg), cfg.ray.colocate)
+        specs = kind.roles(cfg)
+        check_colocation(specs, cfg.ray.colocate)
+        # In-process workers share one process: a collective role (a process group) can only have one rank there.
+        for spec in specs:
+            if cfg.backend == "local" and spec.collective and spec.workers > 1:
+                raise ValueError(f"backend: local runs one {spec.name} rank; set {spec.name}.num_workers=1 or "
+                                 f"backend: ray")
     except ValueError as err:
         raise ConfigError(f"invalid job config ({source}):\n  {err}") from None
     return cfg

@@ -19,7 +19,6 @@ class RoleSpec:
     - `collective`: the ranks form one process group; setup() receives `rendezvous` (a file store on one node, a
       TCP store on rank 0's node otherwise) and the ranks set up together;
     - `colocate_with`: put worker i on the resource bundle of worker i of that role (fractional GPUs);
-    - `setup_kwargs`: extra setup() arguments;
     - `runtime_env`: the Ray runtime environment of its workers (e.g. {"py_executable": ...}: another Python env).
     """
 
@@ -33,7 +32,6 @@ class RoleSpec:
     label: str | None = None
     collective: bool = False
     colocate_with: str | None = None
-    setup_kwargs: dict[str, Any] = field(default_factory=dict)
     runtime_env: dict[str, Any] = field(default_factory=dict)
 
     @property

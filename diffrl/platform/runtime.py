@@ -114,7 +114,7 @@ def start_roles(cfg: JobConfig, specs: list[RoleSpec]) -> Roles:
             placement = Placement(spec.cpus, spec.gpus, spec.max_restarts, dict(spec.resources),
                                   dict(spec.runtime_env))
             roles.groups[spec.name] = WorkerGroup(backends[spec.name], spec.worker_class(), list(spec.args), placement,
-                                                  spec.display_name, spec.setup_kwargs)
+                                                  spec.display_name)
         _set_up(roles, specs)
     except BaseException:
         roles.shutdown()  # nothing placed by a failed start outlives it

@@ -222,15 +222,14 @@ class WorkerGroup:
         args: Sequence[tuple],
         placement: Placement = Placement(),
         name: str | None = None,
-        setup_kwargs: dict[str, Any] | None = None,
     ) -> None:
         if not args:
             raise ValueError(f"WorkerGroup {name or cls.__name__} needs at least one worker")
         self.backend = backend
         self.name = name or cls.__name__
         self.placement = placement
-        # What setup() is called with: the worker's thread count (from its own CPUs) and role arguments.
-        self.setup_kwargs = {"num_threads": backend.threads_for(placement.num_cpus), **(setup_kwargs or {})}
+        # What setup() is called with: the worker's thread count, from its own CPUs.
+        self.setup_kwargs = {"num_threads": backend.threads_for(placement.num_cpus)}
         self.handles = backend.create(cls, args, placement, self.name)
         # Called as restore(group, rank) after a worker restarted, before its lost call is sent again: it brings
         # the fresh worker to the state the others have (by default: setup; a job kind adds e.g. current weights).

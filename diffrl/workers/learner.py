@@ -94,7 +94,7 @@ class LearnerWorker(WorkerBase):
 
         self.model = build_model_from_config(self.model_cfg)
         self.model.requires_grad_(False)
-        lora = self.model_cfg.get("lora", {"enabled": False})
+        lora = self.model_cfg["lora"]
         self.frozen_reference = None  # under LoRA the base model is the denoiser with its adapters disabled
         if lora["enabled"]:
             apply_lora(self.model, lora["rank"], lora["alpha"], lora["target_modules"])

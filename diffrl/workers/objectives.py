@@ -95,7 +95,7 @@ def _matching_rows(
 class AWMObjective(Objective):
     """Advantage Weighted Matching (arXiv 2509.25050): see `diffrl.algorithms.awm`."""
 
-    def __init__(self, cfg: dict) -> None:
+    def __init__(self, cfg: dict, rollout_cfg: dict | None = None) -> None:
         self.cfg = cfg
         self.rows_per_sample = cfg["num_timesteps"]
         self.shadows = {"ema": _warmup_decay(cfg["ema_rate"], cfg["ema_max_decay"])} if cfg["ema_beta"] > 0 else {}
@@ -127,7 +127,7 @@ class AWMObjective(Objective):
 class NFTObjective(Objective):
     """DiffusionNFT (Sol-RL's loss): see `diffrl.algorithms.nft`; the old policy is the EMA shadow "old"."""
 
-    def __init__(self, cfg: dict) -> None:
+    def __init__(self, cfg: dict, rollout_cfg: dict | None = None) -> None:
         self.cfg = cfg
         self.rows_per_sample = cfg["num_timesteps"]
         self.shadows = {"old": _warmup_decay(cfg["old_decay_rate"], cfg["old_max_decay"])}
@@ -260,4 +260,4 @@ def build_objective(learner_cfg: dict, rollout_cfg: dict | None) -> Objective:
     if cls.trajectories and rollout_cfg is None:
         raise ValueError(f"learner.algorithm={name} needs the rollout config (sampler, noise level, window)")
     section = learner_cfg.get(name, learner_cfg)
-    return cls(section, rollout_cfg) if cls.trajectories else cls(section)
+    return cls(section, rollout_cfg)

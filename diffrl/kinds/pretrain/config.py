@@ -84,8 +84,6 @@ class PretrainJobConfig(JobConfig):
         if self.learner.batch_size % self.learner.num_workers:
             raise ValueError(f"learner.num_workers={self.learner.num_workers} must divide learner.batch_size="
                              f"{self.learner.batch_size}")
-        if self.backend == "local" and self.learner.num_workers > 1:
-            raise ValueError("backend: local runs one learner; set learner.num_workers=1 or backend: ray")
         if self.learner.min_lr > self.learner.lr:
             raise ValueError(f"learner.min_lr={self.learner.min_lr} exceeds learner.lr={self.learner.lr}")
         return self

@@ -286,6 +286,4 @@ class RLJobConfig(JobConfig):
         if self.learner.zero_stage == 3 and (self.trainer.checkpoint_every or self.resume == "auto"):
             raise ValueError("trainer.checkpoint_every / resume: auto need learner.zero_stage 0-2 (exact checkpoints "
                              "of ZeRO-3 partitions are not supported yet; final weights are still saved)")
-        if self.backend == "local" and self.learner.num_workers > 1:
-            raise ValueError("backend: local runs one learner; set learner.num_workers=1 or backend: ray")
         return self
