@@ -18,6 +18,7 @@ import torch
 from torch import Tensor
 
 from diffrl.algorithms.flow_matching import StepOutput, cps_step, ode_step, sde_step
+from diffrl.algorithms.sa_solver import SAStepper
 
 
 @dataclass
@@ -63,6 +64,9 @@ class Solver:
     """
 
     order = 1
+    # Whether a step depends only on its own input (then `sample` may take the deterministic and the stochastic
+    # step of one model call and mix them per row); a multistep solver takes every step exactly once.
+    memoryless = True
 
     def __init__(self) -> None:
         self.sigmas: Tensor | None = None
@@ -169,11 +173,62 @@ class CPSSolver(_NoisySolver):
                         prev_sample=prev_sample)
 
 
-SOLVERS: dict[str, type[Solver]] = {"ode": EulerODESolver, "sde": FlowSDESolver, "cps": CPSSolver}
+class SASolver(Solver):
+    """SA-Solver (Xue et al., NeurIPS 2023; `sa_solver.SAStepper`) for a flow model: x_t = (1 - sigma) x0 +
+    sigma eps, so the clean-sample prediction is x - sigma v. tau is `tau` while sigma lies in `tau_window`
+    (diffusers' default: tau 1 for timesteps 200-800 of 1000) and 0 outside; tau = 0 everywhere is a deterministic
+    multistep ODE solver. Stochastic steps need their noise; each step is taken once."""
+
+    memoryless = False
+
+    def __init__(self, predictor_order: int = 2, corrector_order: int = 2, tau: float = 1.0,
+                 tau_window: Sequence[float] = (0.2, 0.8)) -> None:
+        if tau < 0:
+            raise ValueError(f"tau must be >= 0, got {tau}")
+        if len(tau_window) != 2 or not 0 <= tau_window[0] <= tau_window[1] <= 1:
+            raise ValueError(f"tau_window must be [low, high] with 0 <= low <= high <= 1, got {list(tau_window)}")
+        super().__init__()
+        self.predictor_order, self.corrector_order = predictor_order, corrector_order
+        self.tau, self.tau_window = float(tau), (float(tau_window[0]), float(tau_window[1]))
+        self.order = max(predictor_order, corrector_order)
+        SAStepper([0.0, 1.0], [1.0, 0.0], 0.0, predictor_order, corrector_order)  # validates the orders now
+        self.stepper: SAStepper | None = None
+
+    def reset(self) -> None:
+        super().reset()
+        if self.sigmas is not None:
+            sigmas = self.sigmas.double()
+            self.stepper = SAStepper((1 - sigmas).tolist(), sigmas.tolist(), self.step_taus(),
+                                     self.predictor_order, self.corrector_order)
+
+    def step_taus(self) -> list[float]:
+        """tau of each step, from the sigma where it starts."""
+        low, high = self.tau_window
+        return [self.tau if low <= float(s) <= high else 0.0 for s in self.sigmas[:-1]]
+
+    @property
+    def stochastic(self) -> tuple[bool, ...]:
+        return tuple(tau > 0 for tau in self.step_taus())
+
+    def step(self, model_output: Tensor, index: int, sample: Tensor, noise: Tensor | None = None,
+             prev_sample: Tensor | None = None) -> SolverStep:
+        if prev_sample is not None:
+            raise ValueError("SA-Solver does not score given transitions (no log_prob); Flow-GRPO rollouts need "
+                             "sampler sde or cps")
+        if self.stepper is None:
+            raise RuntimeError("SASolver: call set_timesteps(grid) before stepping")
+        self._record(index, model_output)
+        prediction = sample - float(self.sigmas[index]) * model_output
+        return SolverStep(prev_sample=self.stepper.step(index, sample, prediction, noise))
+
+
+SOLVERS: dict[str, type[Solver]] = {"ode": EulerODESolver, "sde": FlowSDESolver, "cps": CPSSolver,
+                                    "sa_solver": SASolver}
 
 
 def build_solver(name: str, **options) -> Solver:
-    """A fresh solver by name ("ode", "sde", "cps") with its options (noise_level for sde and cps)."""
+    """A fresh solver by name ("ode", "sde", "cps", "sa_solver") with its options (noise_level for sde and cps;
+    predictor_order, corrector_order, tau, tau_window for sa_solver)."""
     if name not in SOLVERS:
         raise ValueError(f"unknown solver {name!r}; allowed: {', '.join(SOLVERS)}")
     solver_class = SOLVERS[name]

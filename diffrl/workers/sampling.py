@@ -1,4 +1,5 @@
-"""Seeded sampling of a flow model with a solver (ODE, Flow-GRPO SDE, CPS), one sample a function of its seed alone."""
+"""Seeded sampling of a flow model with a solver (ODE, Flow-GRPO SDE, CPS, SA-Solver), one sample a function of its seed
+alone."""
 
 from __future__ import annotations
 
@@ -64,6 +65,7 @@ def sample(
     sde_window: int = 0,
     store_trajectory: bool = False,
     grid: torch.Tensor | Sequence[float] | None = None,
+    solver_options: dict | None = None,
 ) -> SampleResult:
     """Integrate from the seeds' noise at t=1 to t=0 with solver `sampler` (`build_solver`), on the model's device.
 
@@ -71,12 +73,17 @@ def sample(
     drawn on the CPU from per-seed generators (identical on every device), and samples return on the CPU. The last
     step is always deterministic, so SDE samples end clean. With `store_trajectory`, every stochastic step's input
     latent, drawn latent and log-prob are returned for Flow-GRPO (see `stochastic_steps` for which steps those are).
+    `solver_options` go to solvers other than sde/cps (which take `noise_level`), e.g. sa_solver's orders and tau.
     """
     if grid is None:
         if num_steps is None:
             raise ValueError("sample needs num_steps or a grid")
         grid = timestep_grid(num_steps)
-    solver = build_solver(sampler, **({} if sampler == "ode" else {"noise_level": noise_level}))
+    options = {"noise_level": noise_level} if sampler in ("sde", "cps") else dict(solver_options or {})
+    solver = build_solver(sampler, **options)
+    if not solver.memoryless and (sde_window or store_trajectory):
+        raise ValueError(f"sampler {sampler} takes every step once for all rows: it has no sde_window and stores "
+                         "no Flow-GRPO trajectory")
     solver.set_timesteps(grid)
     if num_steps is not None and num_steps != solver.num_steps:
         raise ValueError(f"num_steps={num_steps} disagrees with the grid's {solver.num_steps} steps; pass one")
@@ -90,6 +97,10 @@ def sample(
         with torch.autocast(device.type, dtype=autocast_dtype, enabled=autocast_dtype is not None):
             v = model.velocity(x, t, cond, guidance_scale=guidance_scale, null_cond=null_cond).float()
         rows = mask[:, index]
+        if not solver.memoryless:  # one step for every row, with its noise where the solver is stochastic
+            noise = step_noise(seeds, index, x.shape[1:]).to(device) if rows.any() else None
+            x = solver.step(v, index, x, noise=noise).prev_sample
+            continue
         x_next = solver.step(v, index, x).prev_sample
         if rows.any():  # these rows take the stochastic step of the same model call; the others keep x_next
             noise = step_noise(seeds, index, x.shape[1:]).to(device)
