@@ -345,6 +345,7 @@ print("OUTCOME " + json.dumps({"placed": {k: sorted(v) for k, v in placed.items(
 """
 
 
+@pytest.mark.slow  # a two-node cluster on one machine (make test-all)
 @pytest.mark.timeout(400)
 def test_roles_land_on_the_nodes_their_resources_name(tmp_path):
     temp_dir = short_temp_dir()

@@ -8,6 +8,7 @@ import threading
 import time
 
 import psutil
+import pytest
 import ray
 import torch
 
@@ -114,6 +115,7 @@ def test_a_worker_past_its_restarts_fails_with_its_name(ray_cluster):
 
 
 
+@pytest.mark.slow  # restarts under object-store sync stay in make test (above)
 def test_restart_under_broadcast_sync_forms_the_group_again(ray_cluster):
     """A receiver of the weight-broadcast group dies mid-step: it comes back with the current weights (through the
     object store), the broadcast group is formed again before the next sync, and every worker gets the update."""

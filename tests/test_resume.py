@@ -113,6 +113,7 @@ def test_sigkill_mid_step_then_resume_is_bitwise_exact(reference, tmp_path):
     assert (run_dir / "report.html").stat().st_size > 0
 
 
+@pytest.mark.slow  # SIGKILL + --resume (above) stays in make test; this is its automatic variant
 def test_learner_death_falls_back_to_the_newest_checkpoint(reference, tmp_path):
     run_dir = tmp_path / "shapes_awm"
     proc = diffrl("run", JOB, f"output_dir={tmp_path}", *FAST, "resume=auto", cwd=tmp_path)

@@ -152,6 +152,7 @@ def test_sol_job_runs_end_to_end(tmp_path, algorithm, sampler):
     assert list(report) == ["explore"] and any(layer["quantized"] for layer in report["explore"])
 
 
+@pytest.mark.slow  # colocation itself stays in make test (test_placement)
 def test_colocated_explore_workers_share_the_rollout_bundles(ray_cluster, tmp_path):
     import ray
 

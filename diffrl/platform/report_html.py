@@ -19,7 +19,7 @@ from typing import Any
 import yaml
 
 from diffrl.platform.checkpoint import MANIFEST, PREFIX, list_checkpoints
-from diffrl.utils.atomic import atomic_write_text
+from diffrl.utils.atomic import atomic_write, atomic_write_text
 from diffrl.platform.report_plots import (
     Records, data_uri, plot_reward, plot_small_multiples, plot_stage_times, plot_tasks, read_records, task_tags,
 )
@@ -193,6 +193,30 @@ def _plot_sections(config: dict[str, Any], records: Records) -> list[str]:
     return sections
 
 
+def write_figure(run_dir: Path, name: str, fig: Any, title: str, caption: str) -> Path:
+    """Save a kind's own matplotlib figure as run_dir/figures/NAME.png (atomically) with its title and caption; the
+    report shows every such figure in a section of its own. Returns the PNG's path."""
+    folder = Path(run_dir) / "figures"
+    folder.mkdir(exist_ok=True)
+    path = atomic_write(folder / f"{name}.png", lambda tmp: fig.savefig(tmp, format="png", dpi=110))
+    atomic_write_text(folder / f"{name}.json", json.dumps({"title": title, "caption": caption}))
+    return path
+
+
+def _figure_sections(run_dir: Path) -> list[str]:
+    sections = []
+    for meta_path in sorted((run_dir / "figures").glob("*.json")):
+        uri = _grid_uri(meta_path.with_suffix(".png"))
+        try:
+            meta = json.loads(meta_path.read_text())
+        except (OSError, json.JSONDecodeError):
+            continue
+        if uri is not None:
+            body = _img(uri, meta.get("caption", "")) + f"<p>{html.escape(meta.get('caption', ''))}</p>"
+            sections.append(_section(f"figure-{meta_path.stem}", meta.get("title", meta_path.stem), body))
+    return sections
+
+
 def render_report(run_dir: Path) -> str:
     """The report's HTML for `run_dir` as it is now."""
     config_path = run_dir / "config.yaml"
@@ -202,7 +226,10 @@ def render_report(run_dir: Path) -> str:
     config = yaml.safe_load(config_text) or {}
     records = read_records(run_dir / "metrics.jsonl")
     name = config.get("name") or run_dir.name
-    sections = [_header(run_dir, config, records), *_plot_sections(config, records), _samples_section(run_dir, config.get("kind", "rl")),
+    # Training curves for kinds that train (steps or evals logged); every kind's own figures; the sample grids.
+    curves = _plot_sections(config, records) if records.steps or records.evals else []
+    sections = [_header(run_dir, config, records), *curves, *_figure_sections(run_dir),
+                _samples_section(run_dir, config.get("kind", "rl")),
                 f'<details id="config"><summary>Resolved job (config.yaml)</summary>'
                 f"<pre>{html.escape(config_text or 'not available')}</pre></details>"]
     return (f'<!DOCTYPE html>\n<html lang="en"><head><meta charset="utf-8">'

@@ -24,6 +24,7 @@ class Stream(enum.IntEnum):
     TRAINING_ROWS = 3  # AWM / NFT training timesteps and noise: (seed or prompt hash, RL step)
     TRAINED_STEPS = 4  # Flow-GRPO's subset of stored steps: (seed, RL step)
     SOL_SELECTION = 5  # Sol-RL's random selection rule: (job seed, RL step)
+    TUNING_SEEDS = 6  # solver_tune's data-driven grid search samples: (job seed, j)
 
 
 def stream_seed(stream: Stream, *keys: int) -> int:

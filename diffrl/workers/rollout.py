@@ -74,19 +74,27 @@ class RolloutWorker(WorkerBase):
         return concat_conditioning([self._cond_cache[p] for p in prompts])
 
     def generate(
-        self, requests: Sequence[SampleRequest], num_steps: int | None = None, sampler: str | None = None
+        self, requests: Sequence[SampleRequest], num_steps: int | None = None, sampler: str | None = None,
+        solver_options: dict | None = None,
     ) -> RolloutBatch:
         """Sample every request (in micro-batches of rollout.batch_size); row i answers request i.
 
-        `num_steps`/`sampler` override the config (held-out eval uses the deterministic ODE sampler); trajectories
-        are stored only for the configured training sampler. Requests sample on their `grid`, those without one on
-        `timestep_grid(num_steps)`; all requests of one call must share one grid, the batch's `grid`.
+        With neither override, requests sample with the configured sampler on rollout.grid (or the even grid of
+        rollout.num_steps); `num_steps`/`sampler` override that with the even grid of `num_steps` (held-out eval
+        uses the deterministic ODE sampler; `solver_options` those of the overriding sampler). Trajectories are stored only for the configured training sampler. A
+        request's own `grid` wins over both; all requests of one call must share one grid, the batch's `grid`.
         """
         self.require_ready()
-        train_sampler = sampler is None or sampler == self.cfg["sampler"]
-        grid = self._grid(requests, num_steps or self.cfg["num_steps"])
+        configured = sampler is None or sampler == self.cfg["sampler"]
+        if num_steps is None and configured and self.cfg.get("grid") is not None:
+            default_grid = torch.tensor(self.cfg["grid"], dtype=torch.float32)
+        else:
+            default_grid = timestep_grid(num_steps or self.cfg["num_steps"])
+        grid = self._grid(requests, default_grid)
         sampler = sampler or self.cfg["sampler"]
-        store = self.store_trajectory and train_sampler
+        store = self.store_trajectory and configured
+        if solver_options is None and sampler == "sa_solver":
+            solver_options = self.cfg["sa_solver"]
         autocast = torch.bfloat16 if self.cfg["precision"] == "bf16" else None
         chunks, size = [], self.cfg["batch_size"]
         for start in range(0, len(requests), size):
@@ -98,7 +106,8 @@ class RolloutWorker(WorkerBase):
                     self.model, self._encode([r.prompt for r in part]), seeds, grid=grid,
                     sampler=sampler, noise_level=self.cfg["noise_level"], autocast_dtype=autocast,
                     guidance_scale=guidance, null_cond=self._encode([""] * len(part)) if guidance != 1.0 else None,
-                    sde_window=self.cfg["sde_window"] if sampler != "ode" else 0, store_trajectory=store,
+                    sde_window=self.cfg["sde_window"] if sampler in ("sde", "cps") else 0, store_trajectory=store,
+                    solver_options=solver_options,
                 )
             chunks.append(
                 RolloutBatch(
@@ -119,15 +128,15 @@ class RolloutWorker(WorkerBase):
         return RolloutBatch.concat(chunks)
 
     @staticmethod
-    def _grid(requests: Sequence[SampleRequest], default_steps: int) -> torch.Tensor:
-        """The one time grid of these requests: their SampleRequest.grid, or timestep_grid(default_steps) for None.
+    def _grid(requests: Sequence[SampleRequest], default_grid: torch.Tensor) -> torch.Tensor:
+        """The one time grid of these requests: their SampleRequest.grid, or `default_grid` for None.
 
         One generate call makes one RolloutBatch with one `grid`, which the learners index by step, so requests on
         different grids go to separate calls."""
         grids = set()
         for requested in {r.grid for r in requests}:
             if requested is None:
-                grids.add(tuple(timestep_grid(default_steps).tolist()))
+                grids.add(tuple(default_grid.tolist()))
                 continue
             try:
                 grids.add(tuple(check_grid(requested).tolist()))

@@ -14,8 +14,11 @@ def _run(ctx):
 
 
 def _files(cfg: RLJobConfig) -> dict[str, str]:
-    return {f"data.{key}": value for key in ("train_file", "eval_file")
-            if (value := getattr(cfg.data, key)) is not None}
+    files = {f"data.{key}": value for key in ("train_file", "eval_file")
+             if (value := getattr(cfg.data, key)) is not None}
+    if cfg.rollout.schedule is not None:
+        files["rollout.schedule"] = cfg.rollout.schedule
+    return files
 
 
 KIND = JobKind("rl", RLJobConfig, rl_roles, _run, _files)

@@ -8,7 +8,9 @@ from typing import Any, ClassVar, Literal
 
 from pydantic import Field, model_validator
 
+from diffrl.algorithms.solvers import check_grid
 from diffrl.platform.config import BASE_RESUMABLE, RESOURCES_HELP, JobConfig, Resources, Section, TrainerBase
+from diffrl.workers.schedule import read_schedule
 
 
 class LoraConfig(Section):
@@ -52,6 +54,16 @@ class SolConfig(Section):
                                                     "precision to measure top-K agreement (0: off)")
 
 
+class SASolverConfig(Section):
+    """SA-Solver (rollout.sampler: sa_solver; Xue et al., NeurIPS 2023): Adams predictor/corrector orders and the
+    stochasticity tau, applied while sigma lies in tau_window (diffusers' default: tau 1 on timesteps 200-800)."""
+
+    predictor_order: int = Field(2, ge=1, le=4)
+    corrector_order: int = Field(2, ge=0, le=4, description="0: predictor only")
+    tau: float = Field(1.0, ge=0, description="SDE stochasticity inside tau_window; 0: the probability-flow ODE")
+    tau_window: tuple[float, float] = Field((0.2, 0.8), description="[low, high] sigma range where tau applies")
+
+
 class RolloutConfig(Section):
     num_workers: int = Field(1, ge=1)
     cpus_per_worker: float = Field(1.0, gt=0)
@@ -61,9 +73,15 @@ class RolloutConfig(Section):
                                                    "the current weights, and its shard re-sent (Ray backend)")
     prompts_per_step: int = Field(8, ge=1, description="distinct prompts per RL step")
     group_size: int = Field(8, ge=2, description="samples per prompt; advantages are computed within a group")
-    num_steps: int = Field(10, ge=1, description="sampler steps per rollout")
-    sampler: Literal["ode", "sde", "cps"] = Field("ode", description="ode, Flow-GRPO's sde, or cps (coefficient-preserving)")
+    num_steps: int = Field(10, ge=1, description="sampler steps per rollout (model calls; NFE)")
+    sampler: Literal["ode", "sde", "cps", "sa_solver"] = Field(
+        "ode", description="ode, Flow-GRPO's sde, cps (coefficient-preserving) or sa_solver")
     noise_level: float = Field(0.7, ge=0, le=1.0, description="SDE/CPS noise level a")
+    sa_solver: SASolverConfig = SASolverConfig()
+    grid: list[float] | None = Field(None, description="the sampler's time grid, sigmas from 1 to 0 with num_steps "
+                                                       "steps; None: evenly spaced")
+    schedule: str | None = Field(None, description="a solver_tune schedule file: sets (overrides) sampler, its "
+                                                   "options, grid and num_steps")
     sde_window: int = Field(
         0, ge=0, description="Flow-GRPO-Fast: SDE only inside a random window of this many steps in the first half "
         "(only those steps are stored and trained); 0 makes every step but the last stochastic",
@@ -80,6 +98,42 @@ class RolloutConfig(Section):
     batch_size: int = Field(64, ge=1, description="samples per forward pass inside a worker")
     strategy: Literal["standard", "sol"] = Field("standard", description="sol: Sol-RL explore / select / regenerate")
     sol: SolConfig = SolConfig()
+
+    @model_validator(mode="before")
+    @classmethod
+    def _apply_schedule(cls, data: Any) -> Any:
+        """rollout.schedule sets the scheduled keys (sampler, its options, grid, num_steps): the schedule wins over
+        the job file's values, which is what adding it to an existing job means (config.yaml keeps the result)."""
+        if not isinstance(data, dict) or not data.get("schedule"):
+            return data
+        schedule = read_schedule(data["schedule"], "rollout.schedule")
+        scheduled = {"sampler": schedule.solver, "num_steps": schedule.nfe, "grid": list(schedule.grid)}
+        if schedule.solver == "sa_solver":
+            scheduled["sa_solver"] = schedule.options
+        else:
+            scheduled.update(schedule.options)  # sde / cps: noise_level
+        return {**data, **scheduled}
+
+    @model_validator(mode="after")
+    def _check_grid(self) -> RolloutConfig:
+        if self.grid is not None:
+            try:
+                check_grid(self.grid)
+            except ValueError as err:
+                raise ValueError(f"rollout.grid: {err}") from None
+            if len(self.grid) - 1 != self.num_steps:
+                raise ValueError(f"rollout.grid has {len(self.grid) - 1} steps but rollout.num_steps="
+                                 f"{self.num_steps}; make them agree")
+        if self.sampler == "sa_solver" and self.sde_window:
+            raise ValueError("rollout.sde_window is Flow-GRPO-Fast's SDE window; rollout.sampler=sa_solver takes "
+                             "its stochasticity from rollout.sa_solver.tau_window")
+        return self
+
+    def solver_options(self) -> dict[str, Any]:
+        """The keyword options of `build_solver(self.sampler, ...)`."""
+        if self.sampler == "sa_solver":
+            return self.sa_solver.model_dump()
+        return {"noise_level": self.noise_level} if self.sampler in ("sde", "cps") else {}
 
 
 class AWMConfig(Section):
@@ -203,6 +257,10 @@ class TrainerConfig(TrainerBase):
 
     eval_prompts: Literal["heldout", "train"] = "heldout"
     eval_seeds_per_prompt: int = Field(16, ge=1)
+    eval_sampler: Literal["ode", "rollout"] = Field(
+        "ode", description="ode: the deterministic ODE on the even grid of eval_steps; rollout: the rollout's own "
+        "sampler and grid (e.g. its rollout.schedule)")
+    eval_steps: int | None = Field(None, ge=1, description="ODE steps of the eval (None: rollout.num_steps)")
     sample_grid_prompts: int = Field(8, ge=1)
     eval_metric: str = Field("geneval_shapes/strict", description="reward detail averaged over tags for the headline")
     eval_label: str = "GenEval-shapes"
@@ -254,9 +312,9 @@ class RLJobConfig(JobConfig):
                     f"learner.{algorithm}.num_timesteps={wanted} exceeds the {max(strata, 0)} training timesteps "
                     f"that {steps_key}={steps} offers; lower it or raise the steps"
                 )
-        if algorithm == "flow_grpo" and self.rollout.sampler == "ode":
-            raise ValueError("learner.algorithm=flow_grpo needs stochastic rollouts with log-probs: "
-                             "set rollout.sampler to sde or cps")
+        if algorithm == "flow_grpo" and self.rollout.sampler not in ("sde", "cps"):
+            raise ValueError(f"learner.algorithm=flow_grpo needs stochastic rollouts with log-probs: "
+                             f"set rollout.sampler to sde or cps (got {self.rollout.sampler})")
         if self.rollout.strategy == "sol":
             sol = self.rollout.sol
             if sol.pool_size < self.rollout.group_size:

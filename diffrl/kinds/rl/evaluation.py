@@ -1,4 +1,4 @@
-"""The RL job's held-out eval (deterministic ODE sampling from fixed seeds, eval-EMA weights when kept), its
+"""The RL job's held-out eval (fixed seeds; the ODE or the rollout's sampler; eval-EMA weights when kept), its
 metrics, the before/after sample grids and the metrics record of a training step."""
 
 from __future__ import annotations
@@ -18,13 +18,16 @@ from diffrl.workers.batch import RolloutBatch
 
 def evaluate(cfg: RLJobConfig, sync: WeightSync, rollout: WorkerGroup, rewards: list[WorkerGroup],
              prompts: list[dict], step: int, log: RunLog) -> tuple[float, RolloutBatch]:
-    """Held-out eval with the deterministic ODE sampler (and the eval EMA weights when learner.eval_ema_decay > 0);
+    """Held-out eval (the eval EMA weights when learner.eval_ema_decay > 0) with the deterministic ODE sampler on
+    the even grid of trainer.eval_steps, or with the rollout's own sampler and grid (trainer.eval_sampler: rollout);
     logs eval/* and returns the headline and the batch."""
     use_ema = cfg.learner.eval_ema_decay > 0 and step > 0
     if use_ema:
         sync.sync(ema=True)
+    sampling = ({} if cfg.trainer.eval_sampler == "rollout"
+                else {"sampler": "ode", "num_steps": cfg.trainer.eval_steps or cfg.rollout.num_steps})
     batch = generate_and_score(rollout, rewards, eval_requests(prompts, cfg.trainer.eval_seeds_per_prompt),
-                               sampler="ode")
+                               **sampling)
     if use_ema:
         sync.sync()
     metrics = eval_metrics(batch, cfg.trainer.eval_metric)

@@ -3,7 +3,7 @@ the low-precision exploration workers."""
 
 from __future__ import annotations
 
-from diffrl.kinds.rl.config import RLJobConfig
+from diffrl.kinds.rl.config import RewardConfig, RLJobConfig
 from diffrl.kinds.rl.sync import WeightSync
 from diffrl.platform.roles import RoleSpec
 from diffrl.platform.runtime import Roles, start_roles
@@ -18,6 +18,19 @@ def reward_role(index: int) -> str:
     return f"reward{index}"
 
 
+def reward_roles(reward: RewardConfig) -> list[RoleSpec]:
+    """reward0, reward1, ...: one group per reward of the job, each on its own resources (any kind with rewards)."""
+    specs = []
+    for index, spec in enumerate(reward.rewards):
+        workers = spec.num_workers or reward.num_workers
+        specs.append(RoleSpec(
+            reward_role(index), REWARD, (([spec.model_dump()],),) * workers,
+            spec.cpus_per_worker or reward.cpus_per_worker, spec.gpus_per_worker,
+            dict(spec.resources if spec.resources is not None else reward.resources), reward.max_restarts,
+            label=f"reward '{spec.name}'", runtime_env={"py_executable": spec.python} if spec.python else {}))
+    return specs
+
+
 def rl_roles(cfg: RLJobConfig) -> list[RoleSpec]:
     """rollout, reward0.. (one per reward of the job), learner and (Sol-RL) explore, in set-up order."""
     model, rollout, learner = cfg.model.model_dump(), cfg.rollout.model_dump(), cfg.learner.model_dump()
@@ -25,13 +38,7 @@ def rl_roles(cfg: RLJobConfig) -> list[RoleSpec]:
     specs = [RoleSpec("rollout", ROLLOUT, ((model, rollout, store_trajectory),) * cfg.rollout.num_workers,
                       cfg.rollout.cpus_per_worker, cfg.rollout.gpus_per_worker, dict(cfg.rollout.resources),
                       cfg.rollout.max_restarts)]
-    for index, spec in enumerate(cfg.reward.rewards):
-        workers = spec.num_workers or cfg.reward.num_workers
-        specs.append(RoleSpec(
-            reward_role(index), REWARD, (([spec.model_dump()],),) * workers,
-            spec.cpus_per_worker or cfg.reward.cpus_per_worker, spec.gpus_per_worker,
-            dict(spec.resources if spec.resources is not None else cfg.reward.resources), cfg.reward.max_restarts,
-            label=f"reward '{spec.name}'", runtime_env={"py_executable": spec.python} if spec.python else {}))
+    specs += reward_roles(cfg.reward)
     ranks = cfg.learner.num_workers
     samples_per_rank = cfg.rollout.prompts_per_step * cfg.rollout.group_size // ranks
     specs.append(RoleSpec("learner", LEARNER,
@@ -41,7 +48,7 @@ def rl_roles(cfg: RLJobConfig) -> list[RoleSpec]:
     if cfg.rollout.strategy == "sol":
         sol = cfg.rollout.sol
         explore = {**rollout, "precision": sol.explore_precision, "num_steps": sol.explore_steps, "sampler": "ode",
-                   "sde_window": 0, "guidance_scale": sol.explore_guidance_scale}
+                   "grid": None, "sde_window": 0, "guidance_scale": sol.explore_guidance_scale}
         specs.append(RoleSpec("explore", ROLLOUT, ((model, explore, False),) * sol.explore_workers,
                               sol.explore_cpus_per_worker, sol.explore_gpus_per_worker, dict(sol.explore_resources),
                               cfg.rollout.max_restarts, colocate_with="rollout" if sol.colocate else None))
