@@ -37,7 +37,7 @@ def job(family: str, path: Path, out: Path, algorithm: str, sampler: str, lora: 
 @pytest.mark.parametrize("family,algorithm,sampler,lora", [
     ("sd3", "flow_grpo", "sde", True),
     ("flux", "awm", "ode", True),
-    ("sana", "nft", "ode", False),
+    ("sana", "nft", "sa_solver", False),  # SA-Solver rollouts on a diffusers model
 ])
 def test_tiny_pipeline_runs_an_rl_step(pipelines, tmp_path, family, algorithm, sampler, lora):
     cfg = parse_job(job(family, pipelines[family], tmp_path, algorithm, sampler, lora))

@@ -57,7 +57,8 @@ def test_two_learner_ranks_train_the_weights_of_one(one_rank, tmp_path, capsys):
     assert losses_logged(one_rank) == [1, 2, 3, 4, 5, 6] and any("eval/headline" in r for r in records)
 
 
-def test_sigkill_then_resume_is_bitwise_and_the_model_loads_in_rl(one_rank, tmp_path):
+@pytest.mark.slow  # make test keeps RL's SIGKILL resume (test_resume) on the same runtime; this runs in test-all
+def test_sigkill_then_resume_is_bitwise(one_rank, tmp_path):
     args = ["run", JOB, f"output_dir={tmp_path}", *SIX_STEPS]
     run_dir = tmp_path / "pretrain_shapes"
     proc = diffrl(*args, cwd=tmp_path, start_new_session=True)
@@ -70,7 +71,9 @@ def test_sigkill_then_resume_is_bitwise_and_the_model_loads_in_rl(one_rank, tmp_
     assert_same_weights(run_dir / "final.safetensors", one_rank / "final.safetensors")
     assert losses_logged(run_dir) == [1, 2, 3, 4, 5, 6]  # the steps after the checkpoint were redone, once
 
-    # The saved model is an RL job's model.path: it validates and builds with exactly the trained weights.
+
+def test_the_saved_model_is_an_rl_jobs_model_path(one_rank, tmp_path):
+    """It validates and builds with exactly the trained weights."""
     model_dir = one_rank / "model"
     assert "valid rl job" in finish(diffrl("run", str(REPO / "configs/shapes_awm.yaml"), f"model.path={model_dir}",
                                            "--check", cwd=tmp_path))

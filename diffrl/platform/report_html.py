@@ -226,9 +226,11 @@ def render_report(run_dir: Path) -> str:
     config = yaml.safe_load(config_text) or {}
     records = read_records(run_dir / "metrics.jsonl")
     name = config.get("name") or run_dir.name
-    # Training curves for kinds that train (steps or evals logged); every kind's own figures; the sample grids.
-    curves = _plot_sections(config, records) if records.steps or records.evals else []
-    sections = [_header(run_dir, config, records), *curves, *_figure_sections(run_dir),
+    # Training curves (placeholders until steps are logged) unless the run logs no step or eval but draws figures of
+    # its own (a kind that does not train, such as solver_tune); then every figure; then the sample grids.
+    figures = _figure_sections(run_dir)
+    trains = records.steps or records.evals or not figures
+    sections = [_header(run_dir, config, records), *(_plot_sections(config, records) if trains else []), *figures,
                 _samples_section(run_dir, config.get("kind", "rl")),
                 f'<details id="config"><summary>Resolved job (config.yaml)</summary>'
                 f"<pre>{html.escape(config_text or 'not available')}</pre></details>"]
