@@ -58,8 +58,8 @@ DEFAULT_CANDIDATES = [
 
 
 class DataDrivenConfig(Section):
-    evaluations: int = Field(40, ge=1, description="sampler runs the grid search may spend per candidate and NFE")
-    seeds: int = Field(32, ge=1, description="tuning samples (their own seeds, never the scoring seeds)")
+    evaluations: int = Field(60, ge=1, description="sampler runs the grid search may spend per candidate and NFE")
+    seeds: int = Field(64, ge=1, description="tuning samples (their own seeds, never the scoring seeds)")
     start: Literal["uniform", "optimized"] = Field("optimized", description="the grid the search starts from")
 
 
