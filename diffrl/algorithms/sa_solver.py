@@ -78,6 +78,14 @@ def adams_coefficients(nodes: Sequence[float], kappa: float, h: float) -> list[f
     return coefficients
 
 
+def check_orders(predictor_order: int, corrector_order: int) -> None:
+    """A ValueError naming the order that is out of range (predictor 1..4, corrector 0..4)."""
+    if not 1 <= predictor_order <= MAX_ORDER:
+        raise ValueError(f"predictor_order must be 1..{MAX_ORDER}, got {predictor_order}")
+    if not 0 <= corrector_order <= MAX_ORDER:
+        raise ValueError(f"corrector_order must be 0..{MAX_ORDER} (0: no corrector), got {corrector_order}")
+
+
 class SAStepper:
     """SA-Solver over one trajectory on a fixed schedule: `step(i, sample, prediction, noise)` once per grid step.
 
@@ -91,10 +99,7 @@ class SAStepper:
         if len(alphas) != len(sigmas) or len(alphas) < 2:
             raise ValueError(f"alphas and sigmas need one value per grid point (at least 2), got {len(alphas)} "
                              f"and {len(sigmas)}")
-        if not 1 <= predictor_order <= MAX_ORDER:
-            raise ValueError(f"predictor_order must be 1..{MAX_ORDER}, got {predictor_order}")
-        if not 0 <= corrector_order <= MAX_ORDER:
-            raise ValueError(f"corrector_order must be 0..{MAX_ORDER} (0: no corrector), got {corrector_order}")
+        check_orders(predictor_order, corrector_order)
         self.alphas = [float(a) for a in alphas]
         self.sigmas = [float(s) for s in sigmas]
         self.lambdas = [log_snr(a, s) for a, s in zip(self.alphas, self.sigmas)]

@@ -18,7 +18,7 @@ import torch
 from torch import Tensor
 
 from diffrl.algorithms.flow_matching import StepOutput, cps_step, ode_step, sde_step
-from diffrl.algorithms.sa_solver import SAStepper
+from diffrl.algorithms.sa_solver import SAStepper, check_orders
 
 
 @dataclass
@@ -191,7 +191,7 @@ class SASolver(Solver):
         self.predictor_order, self.corrector_order = predictor_order, corrector_order
         self.tau, self.tau_window = float(tau), (float(tau_window[0]), float(tau_window[1]))
         self.order = max(predictor_order, corrector_order)
-        SAStepper([0.0, 1.0], [1.0, 0.0], 0.0, predictor_order, corrector_order)  # validates the orders now
+        check_orders(predictor_order, corrector_order)
         self.stepper: SAStepper | None = None
 
     def reset(self) -> None:
