@@ -99,6 +99,8 @@ class SolverTuneJobConfig(JobConfig):
 
     @model_validator(mode="after")
     def _check(self) -> SolverTuneJobConfig:
+        if any(n < 1 for n in self.tune.nfes):
+            raise ValueError(f"tune.nfes must be positive, got {self.tune.nfes}")
         names = [c.name for c in self.tune.candidates]
         if not names:
             raise ValueError("tune.candidates: give at least one candidate")
@@ -113,6 +115,4 @@ class SolverTuneJobConfig(JobConfig):
             if candidate.grid in ("optimized", "uniform_lambda", "data_driven") and too_small:
                 raise ValueError(f"tune.candidates[{index}] ({candidate.name}): grid {candidate.grid} needs NFE >= "
                                  f"{max(candidate.order, 2)}, tune.nfes has {too_small}")
-        if any(n < 1 for n in self.tune.nfes):
-            raise ValueError(f"tune.nfes must be positive, got {self.tune.nfes}")
         return self
