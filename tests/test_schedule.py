@@ -56,7 +56,7 @@ def test_rollout_schedule_sets_sampler_options_grid_and_steps(tmp_path):
     path = tuned(tmp_path)
     cfg = RLJobConfig(rollout={"schedule": str(path)}, learner={"awm": {"num_timesteps": 1}})
     assert cfg.rollout.sampler == "sa_solver" and cfg.rollout.num_steps == 4 and tuple(cfg.rollout.grid) == GRID
-    assert cfg.rollout.solver_options() == {**SA, "tau_window": (0.3, 0.9)}
+    assert cfg.rollout.sa_solver.model_dump() == {**SA, "tau_window": (0.3, 0.9)}
     # The schedule wins over the job file's own sampler keys (adding it to a job means sampling with it).
     job = RLJobConfig(rollout={"schedule": str(path), "num_steps": 10, "sampler": "ode"},
                       learner={"awm": {"num_timesteps": 1}})

@@ -190,7 +190,6 @@ class SASolver(Solver):
         super().__init__()
         self.predictor_order, self.corrector_order = predictor_order, corrector_order
         self.tau, self.tau_window = float(tau), (float(tau_window[0]), float(tau_window[1]))
-        self.order = max(predictor_order, corrector_order)
         check_orders(predictor_order, corrector_order)
         self.stepper: SAStepper | None = None
 
@@ -217,7 +216,7 @@ class SASolver(Solver):
                              "sampler sde or cps")
         if self.stepper is None:
             raise RuntimeError("SASolver: call set_timesteps(grid) before stepping")
-        self._record(index, model_output)
+        # The stepper keeps the predictions it interpolates and checks the step order itself.
         prediction = sample - float(self.sigmas[index]) * model_output
         return SolverStep(prev_sample=self.stepper.step(index, sample, prediction, noise))
 

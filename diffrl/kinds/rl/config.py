@@ -129,12 +129,6 @@ class RolloutConfig(Section):
                              "its stochasticity from rollout.sa_solver.tau_window")
         return self
 
-    def solver_options(self) -> dict[str, Any]:
-        """The keyword options of `build_solver(self.sampler, ...)`."""
-        if self.sampler == "sa_solver":
-            return self.sa_solver.model_dump()
-        return {"noise_level": self.noise_level} if self.sampler in ("sde", "cps") else {}
-
 
 class AWMConfig(Section):
     """Advantage Weighted Matching (arXiv 2509.25050); defaults from scxue/advantage_weighted_matching, tuned for the

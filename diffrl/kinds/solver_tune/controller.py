@@ -36,8 +36,8 @@ def run(ctx: RunContext) -> dict[str, Any]:
     reference_steps = cfg.tune.reference_steps
     reference = generate_and_score(rollout, rewards, scoring, sampler="ode", num_steps=reference_steps)
     tuning = tuning_requests(cfg, train_prompts)
-    tuning_reference = rollout.map("generate", tuning, sampler="ode", num_steps=reference_steps)
-    tuning_reference = RolloutBatch.concat(tuning_reference).samples
+    tuning_reference = RolloutBatch.concat(rollout.map("generate", tuning, sampler="ode",
+                                                       num_steps=reference_steps)).samples
     rows = [result_row(cfg, reference, reference, "reference", reference_steps)]
     log.write({"step": 0, **numeric(rows[-1])})
 
