@@ -10,13 +10,15 @@ from torch import nn
 from diffrl.models.adapter import ModelAdapter
 
 
-MODEL_NAMES = ("tiny_t2i", "sd3", "flux", "sana")
+MODEL_NAMES = ("tiny_t2i", "sd3", "flux", "sana", "dllm", "tiny_dllm", "tiny_dllm_v2")
 
 
-def build_model(name: str, path: str | None, seed: int = 0, **options: Any) -> ModelAdapter:
+def build_model(name: str, path: str | None, seed: int = 0, **options: Any) -> ModelAdapter | Any:
     """The adapter `name` with weights from `path`; `path=None` builds the tiny model with random weights from
     `seed` (tests). Diffusers families (sd3, flux, sana) take `resolution`, `max_sequence_length`, `dtype` ("fp32" or
-    "bf16") and `guidance` (FLUX.1-dev's distilled guidance) from the model config."""
+    "bf16") and `guidance` (FLUX.1-dev's distilled guidance) from the model config. Masked-diffusion LMs ("dllm": a
+    local LLaDA / Dream / Fast-dLLM v2 or native checkpoint; "tiny_dllm", "tiny_dllm_v2": the project's own, fresh
+    from `seed` when `path` is None) give a `MaskedDiffusionLM`."""
     if name == "tiny_t2i":
         from diffrl.models.tiny_t2i import TinyT2I
 
@@ -33,6 +35,15 @@ def build_model(name: str, path: str | None, seed: int = 0, **options: Any) -> M
         return DiffusersT2I.from_pretrained(name, path, options.get("resolution", 512),
                                             options.get("max_sequence_length", 256), dtype,
                                             options.get("guidance", 3.5))
+    if name in ("dllm", "tiny_dllm", "tiny_dllm_v2"):
+        from diffrl.models.dllm.adapter import MaskedDiffusionLM
+        from diffrl.models.dllm.presets import build_preset
+
+        if path is None:
+            if name == "dllm":
+                raise ValueError("model.path: a dllm model needs a local checkpoint directory")
+            return build_preset(name, seed)
+        return MaskedDiffusionLM.from_pretrained(path)
     raise ValueError(f"model.name: unknown model {name!r}; allowed: {list(MODEL_NAMES)}")
 
 

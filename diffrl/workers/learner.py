@@ -184,8 +184,10 @@ class LearnerWorker(WorkerBase):
         if len(batch) != self.samples_per_rank:
             raise ValueError(f"learner rank {self.rank} expects {self.samples_per_rank} samples, got {len(batch)}")
         # A trained text encoder encodes inside each micro-batch, with gradients; a frozen one once, per prompt.
+        # Objectives without text conditioning (language models) get None.
         with_grad = self.objective.trains == "model"
-        cond = None if with_grad else self._encode(batch.prompts)
+        conditioned = self.objective.conditioning
+        cond = self._encode(batch.prompts) if conditioned and not with_grad else None
         rows = {key: value.to(self.device) for key, value in self.objective.rows(batch, step).items()}
         count = len(rows["index"])
         totals: dict[str, float] = {}
@@ -193,8 +195,12 @@ class LearnerWorker(WorkerBase):
         for start in range(0, count, self.micro_batch):
             sl = slice(start, start + self.micro_batch)
             part = {key: value[sl] for key, value in rows.items()}
-            part_cond = (self.engine.module.encode_prompts([batch.prompts[i] for i in part["index"].tolist()])
-                         if with_grad else select_conditioning(cond, part["index"]))
+            if not conditioned:
+                part_cond = None
+            elif with_grad:
+                part_cond = self.engine.module.encode_prompts([batch.prompts[i] for i in part["index"].tolist()])
+            else:
+                part_cond = select_conditioning(cond, part["index"])
             loss, stats = self.objective.loss(self, part, part_cond)
             self.engine.backward(loss)
             if self.engine.is_gradient_accumulation_boundary():

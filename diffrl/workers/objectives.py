@@ -12,12 +12,13 @@ shared noise) and the RL step, so rows never depend on how the controller split 
   exactly (the on-policy importance ratio is then exactly 1).
 - Pretraining (`flow_matching_x0`): rows are (image, caption) pairs with a per-row timestep and noise; the denoiser
   and the text encoder train together (the built-in model's recipe).
+- dLLM pretraining (`masked_diffusion`, `block_diffusion`): token rows, in `diffrl.workers.dllm_objectives`.
 """
 
 from __future__ import annotations
 
 import zlib
-from typing import Callable, ClassVar, Protocol
+from typing import Callable
 
 import torch
 from torch import Tensor
@@ -29,47 +30,8 @@ from diffrl.algorithms.nft import nft_loss
 from diffrl.models.adapter import Conditioning
 from diffrl.utils.rng import Stream, stream_generator
 from diffrl.workers.batch import RolloutBatch
-
-class Models(Protocol):
-    """What an objective may call: the trained policy and the frozen or shadow copies the learner keeps."""
-
-    def policy(self, x: Tensor, t: Tensor, cond: Conditioning) -> Tensor: ...
-
-    def reference(self, x: Tensor, t: Tensor, cond: Conditioning) -> Tensor: ...
-
-    def shadow(self, name: str, x: Tensor, t: Tensor, cond: Conditioning) -> Tensor: ...
-
-    def trained(self): ...
-
-
-class Objective:
-    """Base. What an objective declares, so the learner builds only what it uses:
-
-    - `rows_per_sample`: fixes the DeepSpeed batch sizes;
-    - `shadows`: the EMA copies the learner keeps, name -> decay(step) ("eval" is the one evaluated and saved);
-    - `needs_reference`: a frozen copy of the base denoiser (or, under LoRA, the adapters disabled) for KL terms;
-    - `guided`: the loss recomputes the rollout's classifier-free-guided velocity;
-    - `trajectories`: rollouts must store their stochastic steps (latents, log-probs);
-    - `advantages`: the advantage rule the controller applies before `update` (None: no advantages);
-    - `trains`: "denoiser", or "model" (every module of the adapter: the text encoder too, encoded with gradients
-      inside each micro-batch).
-    A second trained module with its own optimizer would be another `trains` entry with its own engine.
-    """
-
-    rows_per_sample: int = 1
-    shadows: dict[str, Callable[[int], float]] = {}
-    needs_reference: ClassVar[bool] = True
-    guided: ClassVar[bool] = False
-    trajectories: ClassVar[bool] = False
-    advantages: ClassVar[str | None] = "per_prompt_group"
-    trains: ClassVar[str] = "denoiser"
-
-    def rows(self, batch: RolloutBatch, step: int) -> dict[str, Tensor]:
-        raise NotImplementedError
-
-    def loss(self, models: Models, rows: dict[str, Tensor], cond: Conditioning) -> tuple[Tensor, dict[str, Tensor]]:
-        raise NotImplementedError
-
+from diffrl.workers.dllm_objectives import BlockDiffusionObjective, MaskedDiffusionObjective
+from diffrl.workers.objective_base import Models, Objective
 
 def _matching_rows(
     batch: RolloutBatch, step: int, num_timesteps: int, shared_noise: bool, fraction: float = 0.9
@@ -244,6 +206,8 @@ def _warmup_decay(rate: float, max_decay: float) -> Callable[[int], float]:
 
 OBJECTIVES: dict[str, type[Objective]] = {"awm": AWMObjective, "nft": NFTObjective, "flow_grpo": FlowGRPOObjective,
                                           "flow_matching_x0": FlowMatchingX0Objective}
+
+OBJECTIVES.update(masked_diffusion=MaskedDiffusionObjective, block_diffusion=BlockDiffusionObjective)
 
 
 def objective_class(name: str) -> type[Objective]:

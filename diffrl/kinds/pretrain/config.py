@@ -8,16 +8,22 @@ from typing import ClassVar, Literal
 
 from pydantic import Field, model_validator
 
+from diffrl.kinds.dllm_decode.config import DecodeConfig
 from diffrl.platform.config import BASE_RESUMABLE, RESOURCES_HELP, JobConfig, Resources, Section, TrainerBase
 
 
+MODEL_OBJECTIVE = {"tiny_t2i": "flow_matching_x0", "tiny_dllm": "masked_diffusion", "tiny_dllm_v2": "block_diffusion"}
+
+
 class PretrainModelConfig(Section):
-    name: Literal["tiny_t2i"] = Field("tiny_t2i", description="the built-in text-to-image model")
+    name: Literal["tiny_t2i", "tiny_dllm", "tiny_dllm_v2"] = Field(
+        "tiny_t2i", description="the built-in text-to-image model, or a tiny dLLM: bidirectional (LLaDA form) or "
+        "block-causal (Fast-dLLM v2 form)")
     path: str | None = Field(None, description="None trains from a fresh initialization (seeded by the job's "
                                                "seed); builtin:NAME or a directory continues from those weights")
 
 
-class PretrainDataConfig(Section):
+class ShapesDataConfig(Section):
     source: Literal["shapes"] = Field("shapes", description="data source (diffrl.kinds.pretrain.data.SOURCES)")
     renders_per_prompt: int = Field(256, ge=1, description="distinct renders of each training prompt")
     prompt_dropout: float = Field(0.1, ge=0, lt=1, description="share of captions replaced by the empty prompt "
@@ -26,10 +32,19 @@ class PretrainDataConfig(Section):
     split_seed: int = 0
 
 
+class SortingDataConfig(Section):
+    """The digit-sorting world of the tiny dLLMs (diffrl.envs.sorting): `length` digits, then their sorted answer."""
+
+    source: Literal["sorting"] = "sorting"
+    length: int = Field(32, ge=2, description="digits per problem (the answer's length)")
+    heldout: int = Field(200, ge=1, description="held-out problems (never trained on) scored at each eval")
+    split_seed: int = 0
+
+
 class PretrainLearnerConfig(Section):
-    algorithm: Literal["flow_matching_x0"] = Field(
+    algorithm: Literal["flow_matching_x0", "masked_diffusion", "block_diffusion"] = Field(
         "flow_matching_x0", description="the objective: x0-prediction flow matching of the denoiser and the text "
-        "encoder together")
+        "encoder together (tiny_t2i); masked_diffusion (tiny_dllm); block_diffusion (tiny_dllm_v2)")
     num_workers: int = Field(1, ge=1, description="data-parallel DeepSpeed ranks")
     cpus_per_worker: float = Field(1.0, gt=0)
     gpus_per_worker: float = Field(0.0, ge=0)
@@ -50,11 +65,13 @@ class PretrainLearnerConfig(Section):
 
 
 class EvalWorkersConfig(Section):
-    num_workers: int = Field(1, ge=1, description="rollout workers sampling the held-out eval")
+    num_workers: int = Field(1, ge=1, description="rollout (or dLLM decode) workers sampling the held-out eval")
     cpus_per_worker: float = Field(1.0, gt=0)
     gpus_per_worker: float = Field(0.0, ge=0)
     reward_cpus: float = Field(0.5, gt=0, description="CPUs of the GenEval-shapes reward worker")
     batch_size: int = Field(64, ge=1)
+    decode: DecodeConfig = Field(default_factory=DecodeConfig, description="how a dLLM decodes the held-out "
+                                 "problems (the LLaDA baseline by default)")
 
 
 class PretrainTrainerConfig(TrainerBase):
@@ -74,7 +91,7 @@ class PretrainJobConfig(JobConfig):
     )
 
     model: PretrainModelConfig = PretrainModelConfig()
-    data: PretrainDataConfig = PretrainDataConfig()
+    data: ShapesDataConfig | SortingDataConfig = Field(default_factory=ShapesDataConfig, discriminator="source")
     learner: PretrainLearnerConfig = PretrainLearnerConfig()
     eval: EvalWorkersConfig = EvalWorkersConfig()
     trainer: PretrainTrainerConfig = PretrainTrainerConfig()
@@ -84,6 +101,17 @@ class PretrainJobConfig(JobConfig):
         if self.learner.batch_size % self.learner.num_workers:
             raise ValueError(f"learner.num_workers={self.learner.num_workers} must divide learner.batch_size="
                              f"{self.learner.batch_size}")
+        wanted = MODEL_OBJECTIVE[self.model.name]
+        if self.learner.algorithm != wanted:
+            raise ValueError(f"learner.algorithm={self.learner.algorithm} does not train model.name="
+                             f"{self.model.name}; use {wanted}")
+        text_model = self.model.name != "tiny_t2i"
+        if text_model != (self.data.source == "sorting"):
+            raise ValueError(f"data.source={self.data.source} is not data for model.name={self.model.name} "
+                             f"(tiny_t2i trains on shapes, the tiny dLLMs on sorting)")
+        if text_model and self.eval.decode.gen_length != self.data.length:
+            raise ValueError(f"eval.decode.gen_length={self.eval.decode.gen_length} must equal data.length="
+                             f"{self.data.length} (the answer's length)")
         if self.learner.min_lr > self.learner.lr:
             raise ValueError(f"learner.min_lr={self.learner.min_lr} exceeds learner.lr={self.learner.lr}")
         return self

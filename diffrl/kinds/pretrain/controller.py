@@ -13,6 +13,7 @@ from tqdm import tqdm
 from diffrl.kinds.checkpoints import restore_checkpoint, save_checkpoint, save_weights
 from diffrl.kinds.pretrain.config import PretrainJobConfig
 from diffrl.kinds.pretrain.data import build_source
+from diffrl.kinds.pretrain.text_eval import evaluate_decoding, restore_decoder
 from diffrl.kinds.rollouts import eval_metrics, eval_requests, generate_and_score, write_grid
 from diffrl.platform.report_html import refresh_report
 from diffrl.platform.runtime import RunContext
@@ -24,8 +25,18 @@ METRIC = "geneval_shapes/strict"
 def run(ctx: RunContext) -> dict[str, Any]:
     cfg, roles, run_dir, log = ctx.cfg, ctx.roles, ctx.run_dir, ctx.log
     source = build_source(cfg)
-    learner, rollout, rewards = roles["learner"], roles["rollout"], [roles["reward0"]]
-    rollout.restore = lambda group, rank: _restore_rollout(group, rank, learner)
+    learner = roles["learner"]
+    if cfg.data.source == "sorting":
+        roles["decode"].restore = lambda group, rank: restore_decoder(group, rank, learner)
+
+        def held_out_score(step: int, last: bool) -> float:
+            return evaluate_decoding(cfg, learner, roles["decode"], source.heldout, step, log, run_dir, last)
+    else:
+        rollout, rewards = roles["rollout"], [roles["reward0"]]
+        rollout.restore = lambda group, rank: _restore_rollout(group, rank, learner)
+
+        def held_out_score(step: int, last: bool) -> float:
+            return evaluate(cfg, learner, rollout, rewards, source.heldout, step, log, run_dir, last)
     start, evaluations = 0, []
     if ctx.checkpoint is not None:
         restore_checkpoint(roles, ctx.checkpoint, after_learners=lambda: None)
@@ -45,7 +56,7 @@ def run(ctx: RunContext) -> dict[str, Any]:
         done, last = step + 1, step + 1 == cfg.trainer.steps
         evaluated = last or (cfg.trainer.eval_every and done % cfg.trainer.eval_every == 0)
         if evaluated:
-            score = evaluate(cfg, learner, rollout, rewards, source.heldout, done, log, run_dir, last)
+            score = held_out_score(done, last)
             evaluations.append((done, score))
             bar.write(f"step {done}: held-out {cfg.trainer.eval_label} {score:.3f}")
         if cfg.trainer.checkpoint_every and done % cfg.trainer.checkpoint_every == 0:

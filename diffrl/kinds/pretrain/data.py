@@ -1,17 +1,19 @@
 """Pretraining data: a source gives the training and held-out prompts and, for step s, the global batch of clean
 images with their captions, drawn deterministically from (seed, step) — so a resumed run continues the exact data
-stream and N learner ranks see the rows one rank would. New sources register in SOURCES (the dLLM kind's text
-corpus will be one)."""
+stream and N learner ranks see the rows one rank would. Sources register in SOURCES: the shapes world's renders
+(the tiny text-to-image model) and the digit-sorting world's problems as token rows (the tiny dLLMs)."""
 
 from __future__ import annotations
 
 from dataclasses import dataclass, replace
-from typing import Callable
 
 import numpy as np
 import torch
 
 from diffrl.envs.shapes import TAGS, prompt_splits, render_prompt
+from diffrl.envs.sorting import ALPHABET, heldout_problems, training_problems
+from diffrl.models.dllm.tokenizer import CharTokenizer
+from diffrl.workers.dllm_objectives import TokenBatch
 from diffrl.kinds.pretrain.config import PretrainJobConfig
 from diffrl.platform.worker import split_evenly
 
@@ -49,6 +51,11 @@ class ShapesRenders:
         self.by_tag = [group for group in self.by_tag if group]
         self._cache: dict[tuple[int, int], np.ndarray] = {}
 
+    @classmethod
+    def from_config(cls, cfg: PretrainJobConfig) -> ShapesRenders:
+        data = cfg.data
+        return cls(cfg.seed, data.renders_per_prompt, data.prompt_dropout, data.heldout_fraction, data.split_seed)
+
     def render(self, prompt: int, index: int) -> np.ndarray:
         key = (prompt, index)
         if key not in self._cache:
@@ -69,12 +76,30 @@ class ShapesRenders:
         return TrainingBatch(x0.contiguous(), captions, torch.from_numpy(seeds).long())
 
 
-SOURCES: dict[str, Callable[..., ShapesRenders]] = {"shapes": ShapesRenders}
+class SortingProblems:
+    """The digit-sorting world: `heldout` problems are held out; step s trains on fresh problems drawn from
+    (seed, s), each row [<bos> digits = | sorted digits] with its own seed."""
+
+    def __init__(self, seed: int, length: int, heldout: int, split_seed: int) -> None:
+        self.seed, self.length = seed, length
+        self.tokenizer = CharTokenizer(ALPHABET)
+        self.heldout = heldout_problems(heldout, length, split_seed)
+        self._excluded = {p["prompt"] for p in self.heldout}
+
+    @classmethod
+    def from_config(cls, cfg: PretrainJobConfig) -> SortingProblems:
+        return cls(cfg.seed, cfg.data.length, cfg.data.heldout, cfg.data.split_seed)
+
+    def batch(self, step: int, size: int) -> TokenBatch:
+        problems = training_problems(step, size, self.length, self.seed, self._excluded)
+        rows = [self.tokenizer.encode_prompt(p["prompt"]) + self.tokenizer.encode(p["reference"]) for p in problems]
+        seeds = np.random.default_rng([self.seed, step]).integers(0, 2**40, size=size)
+        return TokenBatch(torch.tensor(rows, dtype=torch.long), 2 + self.length, torch.from_numpy(seeds).long())
 
 
-def build_source(cfg: PretrainJobConfig) -> ShapesRenders:
-    """The job's data source, from `data.source`."""
-    data = cfg.data
-    return SOURCES[data.source](cfg.seed, data.renders_per_prompt, data.prompt_dropout, data.heldout_fraction,
-                                data.split_seed)
+SOURCES: dict[str, type[ShapesRenders] | type[SortingProblems]] = {"shapes": ShapesRenders, "sorting": SortingProblems}
 
+
+def build_source(cfg: PretrainJobConfig) -> ShapesRenders | SortingProblems:
+    """The job's data source, from `data.source` (each source reads its own section)."""
+    return SOURCES[cfg.data.source].from_config(cfg)

@@ -1,15 +1,17 @@
 """The pretraining job's roles: N data-parallel DeepSpeed learner ranks (the same LearnerWorker as RL, with the
-flow-matching objective), and for the held-out eval rollout workers that sample the EMA weights and a GenEval-shapes
-reward worker."""
+flow-matching or masked-diffusion objective), and for the held-out eval either rollout workers that sample the EMA
+weights and a GenEval-shapes reward worker (tiny_t2i) or dLLM decode workers (the tiny dLLMs)."""
 
 from __future__ import annotations
 
 from diffrl.kinds.pretrain.config import PretrainJobConfig
+from diffrl.models.dllm.presets import V2_BLOCK
 from diffrl.platform.roles import RoleSpec
 
 ROLLOUT = "diffrl.workers.rollout:RolloutWorker"
 REWARD = "diffrl.workers.reward:RewardWorker"
 LEARNER = "diffrl.workers.learner:LearnerWorker"
+DECODE = "diffrl.workers.decode:DecodeWorker"
 EVAL_REWARD = {"name": "geneval_shapes", "weight": 1.0, "kwargs": {}, "retries": 2, "timeout_s": None, "backoff_s": 0.5}
 
 
@@ -21,15 +23,23 @@ def eval_rollout_config(cfg: PretrainJobConfig) -> dict:
 
 
 def pretrain_roles(cfg: PretrainJobConfig) -> list[RoleSpec]:
-    """learner (collective ranks), rollout and reward0 (held-out eval), in set-up order."""
+    """learner (collective ranks), then rollout and reward0 (image eval) or decode (dLLM eval), in set-up order."""
     model = {**cfg.model.model_dump(), "seed": cfg.seed, "lora": {"enabled": False}}
     learner = {**cfg.learner.model_dump(), "total_steps": cfg.trainer.steps}
+    if cfg.model.name == "tiny_dllm_v2":
+        learner["block_length"] = V2_BLOCK
     ranks = cfg.learner.num_workers
     per_rank = cfg.learner.batch_size // ranks
-    return [
+    specs = [
         RoleSpec("learner", LEARNER, tuple((rank, ranks, model, learner, per_rank) for rank in range(ranks)),
                  cfg.learner.cpus_per_worker, cfg.learner.gpus_per_worker, dict(cfg.learner.resources),
                  max_restarts=0, collective=True),
+    ]
+    if cfg.data.source == "sorting":
+        decode = ((model, cfg.eval.decode.model_dump(), cfg.eval.batch_size),) * cfg.eval.num_workers
+        return specs + [RoleSpec("decode", DECODE, decode, cfg.eval.cpus_per_worker, cfg.eval.gpus_per_worker,
+                                 max_restarts=3)]
+    return specs + [
         RoleSpec("rollout", ROLLOUT, ((model, eval_rollout_config(cfg), False),) * cfg.eval.num_workers,
                  cfg.eval.cpus_per_worker, cfg.eval.gpus_per_worker, max_restarts=3),
         RoleSpec("reward0", REWARD, (([EVAL_REWARD],),), cfg.eval.reward_cpus, max_restarts=3,

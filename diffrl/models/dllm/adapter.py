@@ -18,12 +18,13 @@ from typing import Sequence
 
 import torch
 from safetensors.torch import load_file, save_file
-from torch import Tensor
+from torch import Tensor, nn
 
 from diffrl.models.dllm.tokenizer import CharTokenizer, Tokenizer, load_tokenizer
 from diffrl.models.dllm.transformer import DLLMConfig, DLLMTransformer, KVCache
 
 CONFIG_FILE, WEIGHTS_FILE = "dllm_config.json", "model.safetensors"
+ASSETS = Path(__file__).resolve().parents[1] / "assets"  # builtin:NAME checkpoints shipped in the package
 
 
 @dataclass
@@ -38,11 +39,16 @@ class Layout:
         return torch.where(slots < self.prompt_end, 0, 1 + (slots - self.prompt_end).div(block_size, rounding_mode="floor"))
 
 
-class MaskedDiffusionLM:
-    """A dLLM seen by the decoder and the learner. `model` is the trained nn.Module."""
+class MaskedDiffusionLM(nn.Module):
+    """A dLLM seen by the decoder and the learner: the network (`model`, what a learner trains) and its tokenizer.
+    Calling it runs the network's forward."""
 
     def __init__(self, model: DLLMTransformer, tokenizer: Tokenizer) -> None:
+        super().__init__()
         self.model, self.tokenizer, self.config = model, tokenizer, model.config
+
+    def forward(self, *args, **kwargs) -> Tensor:
+        return self.model(*args, **kwargs)
 
     @property
     def device(self) -> torch.device:
@@ -61,10 +67,13 @@ class MaskedDiffusionLM:
 
     @classmethod
     def from_pretrained(cls, path: str | Path) -> MaskedDiffusionLM:
-        """A native directory, or a LLaDA / Dream / Fast-dLLM v2 checkpoint directory (`formats.load_checkpoint`)."""
-        directory = Path(path)
+        """`builtin:NAME` (a checkpoint shipped in the package), a native directory, or a LLaDA / Dream /
+        Fast-dLLM v2 checkpoint directory (`formats.load_checkpoint`)."""
+        text = str(path)
+        directory = ASSETS / text.removeprefix("builtin:") if text.startswith("builtin:") else Path(text)
         if not directory.is_dir():
-            raise FileNotFoundError(f"model.path: {directory} is not a directory")
+            hint = " (train it with `diffrl run configs/pretrain_dllm.yaml`)" if text.startswith("builtin:") else ""
+            raise FileNotFoundError(f"model.path: {directory} is not a directory{hint}")
         if (directory / CONFIG_FILE).exists():
             config = DLLMConfig.load(directory / CONFIG_FILE)
             model = DLLMTransformer(config)
@@ -119,7 +128,7 @@ class MaskedDiffusionLM:
         positions = (q_slots - layout.pad[rows][:, None]).clamp(min=0)
         k_slots = (torch.arange(layout.total, device=x.device).expand(len(rows), -1) if cache is not None
                    else q_slots)
-        out = self.model(tokens, positions, self.attend(layout, rows, q_slots, k_slots), slots=q_slots, cache=cache)
+        out = self(tokens, positions, self.attend(layout, rows, q_slots, k_slots), slots=q_slots, cache=cache)
         if shifted_from_zero:  # slot 0 has no predecessor and keeps its own output (as Dream's decoder does)
             return torch.cat([out[:, :1], out[:, :-1]], dim=1)
         return out[:, :width]

@@ -1,0 +1,54 @@
+"""The learner objective protocol: what an objective declares and the models it may call (`diffrl.workers.objectives`
+holds the registry)."""
+
+from __future__ import annotations
+
+from typing import Callable, ClassVar, Protocol
+
+from torch import Tensor
+
+from diffrl.models.adapter import Conditioning
+from diffrl.workers.batch import RolloutBatch
+
+
+class Models(Protocol):
+    """What an objective may call: the trained policy and the frozen or shadow copies the learner keeps."""
+
+    def policy(self, x: Tensor, t: Tensor, cond: Conditioning) -> Tensor: ...
+
+    def reference(self, x: Tensor, t: Tensor, cond: Conditioning) -> Tensor: ...
+
+    def shadow(self, name: str, x: Tensor, t: Tensor, cond: Conditioning) -> Tensor: ...
+
+    def trained(self): ...
+
+
+class Objective:
+    """Base. What an objective declares, so the learner builds only what it uses:
+
+    - `rows_per_sample`: fixes the DeepSpeed batch sizes;
+    - `shadows`: the EMA copies the learner keeps, name -> decay(step) ("eval" is the one evaluated and saved);
+    - `needs_reference`: a frozen copy of the base denoiser (or, under LoRA, the adapters disabled) for KL terms;
+    - `guided`: the loss recomputes the rollout's classifier-free-guided velocity;
+    - `trajectories`: rollouts must store their stochastic steps (latents, log-probs);
+    - `advantages`: the advantage rule the controller applies before `update` (None: no advantages);
+    - `trains`: "denoiser", or "model" (every module of the adapter: the text encoder too, encoded with gradients
+      inside each micro-batch);
+    - `conditioning`: the loss takes the prompts' text conditioning (False: language models, given None).
+    A second trained module with its own optimizer would be another `trains` entry with its own engine.
+    """
+
+    rows_per_sample: int = 1
+    shadows: dict[str, Callable[[int], float]] = {}
+    needs_reference: ClassVar[bool] = True
+    guided: ClassVar[bool] = False
+    trajectories: ClassVar[bool] = False
+    advantages: ClassVar[str | None] = "per_prompt_group"
+    trains: ClassVar[str] = "denoiser"
+    conditioning: ClassVar[bool] = True
+
+    def rows(self, batch: RolloutBatch, step: int) -> dict[str, Tensor]:
+        raise NotImplementedError
+
+    def loss(self, models: Models, rows: dict[str, Tensor], cond: Conditioning) -> tuple[Tensor, dict[str, Tensor]]:
+        raise NotImplementedError
