@@ -29,7 +29,6 @@ import math
 from typing import Callable, Sequence
 
 import numpy as np
-import torch
 from torch import Tensor
 
 MAX_ORDER = 4

@@ -37,8 +37,8 @@ class DecodeConfig(Section):
 
 
 class DecodeModelConfig(Section):
-    name: Literal["dllm", "tiny_dllm", "tiny_dllm_v2"] = Field(
-        "dllm", description="dllm: any checkpoint directory (native, LLaDA, Dream or Fast-dLLM v2 format)")
+    name: Literal["dllm"] = Field("dllm", description="a masked-diffusion LM checkpoint (native, LLaDA, Dream or "
+                                                     "Fast-dLLM v2 format)")
     path: str = Field("builtin:sorting_dllm", description="builtin:NAME (shipped) or a local checkpoint directory")
     dtype: Literal["fp32", "bf16"] = "fp32"
 
@@ -71,3 +71,16 @@ class DllmDecodeJobConfig(JobConfig):
     decode: DecodeConfig = DecodeConfig()
     workers: DecodeWorkersConfig = DecodeWorkersConfig()
     trainer: DecodeTrainerConfig = DecodeTrainerConfig()
+
+    @model_validator(mode="after")
+    def _check(self) -> DllmDecodeJobConfig:
+        """The prompts file is read, and the model directory found, before any worker starts."""
+        from diffrl.kinds.dllm_decode.prompts import read_prompts
+        from diffrl.models.dllm.adapter import resolve_checkpoint
+
+        read_prompts(self.data.prompts, self.data.limit)
+        try:
+            resolve_checkpoint(self.model.path)
+        except FileNotFoundError as err:
+            raise ValueError(str(err)) from None
+        return self

@@ -7,15 +7,13 @@ from __future__ import annotations
 
 import json
 import time
-from pathlib import Path
 from typing import Any
 
 import numpy as np
 from tqdm import tqdm
 
-from diffrl.kinds.dllm_decode.config import DllmDecodeJobConfig
+from diffrl.kinds.dllm_decode.prompts import read_prompts
 from diffrl.kinds.dllm_decode.report import write_decode_figure
-from diffrl.platform.config import ConfigError
 from diffrl.platform.report_html import refresh_report
 from diffrl.platform.runtime import RunContext
 from diffrl.utils.atomic import atomic_write_text
@@ -24,7 +22,7 @@ from diffrl.utils.atomic import atomic_write_text
 def run(ctx: RunContext) -> dict[str, Any]:
     cfg, run_dir, log = ctx.cfg, ctx.run_dir, ctx.log
     decode = ctx.roles["decode"]
-    requests = read_prompts(cfg)
+    requests = read_prompts(cfg.data.prompts, cfg.data.limit)
     size = cfg.workers.chunk_size
     chunks = [requests[i:i + size] for i in range(0, len(requests), size)]
     records: dict[int, dict] = {}
@@ -61,28 +59,3 @@ def summarize(records: list[dict], wall_s: float) -> dict[str, float]:
     if scored:
         metrics["decode/accuracy"] = metrics["eval/headline"] = float(np.mean(scored))
     return metrics
-
-
-def read_prompts(cfg: DllmDecodeJobConfig) -> list[dict[str, Any]]:
-    """The prompts file's records, with their line index as id; errors name the file and line."""
-    path = Path(cfg.data.prompts)
-    if not path.is_file():
-        raise ConfigError(f"data.prompts: {path} not found")
-    requests = []
-    for number, line in enumerate(path.read_text().splitlines(), start=1):
-        if not line.strip():
-            continue
-        try:
-            record = json.loads(line)
-        except json.JSONDecodeError as err:
-            raise ConfigError(f"{path}:{number}: not JSON: {err}") from None
-        if not isinstance(record, dict) or not isinstance(record.get("prompt"), str):
-            raise ConfigError(f"{path}:{number}: each line needs a string \"prompt\"")
-        if record.get("reference") is not None and not isinstance(record["reference"], str):
-            raise ConfigError(f"{path}:{number}: \"reference\" must be a string")
-        requests.append({"id": len(requests), "prompt": record["prompt"], "reference": record.get("reference")})
-        if cfg.data.limit is not None and len(requests) == cfg.data.limit:
-            break
-    if not requests:
-        raise ConfigError(f"data.prompts: {path} has no prompts")
-    return requests

@@ -27,6 +27,16 @@ CONFIG_FILE, WEIGHTS_FILE = "dllm_config.json", "model.safetensors"
 ASSETS = Path(__file__).resolve().parents[1] / "assets"  # builtin:NAME checkpoints shipped in the package
 
 
+def resolve_checkpoint(path: str | Path) -> Path:
+    """`builtin:NAME` -> the package's assets/NAME; else the directory itself. The error names the path."""
+    text = str(path)
+    directory = ASSETS / text.removeprefix("builtin:") if text.startswith("builtin:") else Path(text)
+    if not directory.is_dir():
+        hint = " (train it with `diffrl run configs/pretrain_dllm.yaml`)" if text.startswith("builtin:") else ""
+        raise FileNotFoundError(f"model.path: {directory} is not a directory{hint}")
+    return directory
+
+
 @dataclass
 class Layout:
     """Slots of a left-padded batch: `pad[b]` padding slots, then the prompt, then the answer from `prompt_end`."""
@@ -69,11 +79,7 @@ class MaskedDiffusionLM(nn.Module):
     def from_pretrained(cls, path: str | Path) -> MaskedDiffusionLM:
         """`builtin:NAME` (a checkpoint shipped in the package), a native directory, or a LLaDA / Dream /
         Fast-dLLM v2 checkpoint directory (`formats.load_checkpoint`)."""
-        text = str(path)
-        directory = ASSETS / text.removeprefix("builtin:") if text.startswith("builtin:") else Path(text)
-        if not directory.is_dir():
-            hint = " (train it with `diffrl run configs/pretrain_dllm.yaml`)" if text.startswith("builtin:") else ""
-            raise FileNotFoundError(f"model.path: {directory} is not a directory{hint}")
+        directory = resolve_checkpoint(path)
         if (directory / CONFIG_FILE).exists():
             config = DLLMConfig.load(directory / CONFIG_FILE)
             model = DLLMTransformer(config)

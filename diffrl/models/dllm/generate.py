@@ -19,8 +19,8 @@ attended, so their prefix cache is exact.
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass, field
-from typing import Callable, Literal, Sequence
+from dataclasses import dataclass
+from typing import Literal, Sequence
 
 import torch
 from torch import Tensor
@@ -86,14 +86,15 @@ class _Rows:
     step: Tensor  # step within the unit (the top_k schedule)
     fresh: Tensor  # bool: at a block's first step (a cache refresh is due)
     nfe: Tensor
-    schedule: Tensor | None = None
-    seconds: Tensor = field(default=None)
+    seconds: Tensor  # float64 on CPU: each row's share of the forwards it took part in
+    schedule: Tensor | None = None  # top_k: tokens to commit at each step of a unit
 
 
 @torch.no_grad()
 def generate(lm: MaskedDiffusionLM, prompts: Sequence[Sequence[int]], options: DecodeOptions,
-             seeds: Sequence[int] | None = None, progress: Callable[[int], None] | None = None) -> list[Generation]:
-    """Decode one answer per prompt (token ids); `progress(n)` is told each time n more rows finish."""
+             seeds: Sequence[int] | None = None) -> list[Generation]:
+    """Decode one answer per prompt (token ids); with temperature > 0, row i samples from generator seeds[i]
+    (default: its index)."""
     check_model(lm, options)
     x, layout = lm.pack(prompts, options.gen_length)
     batch, device = len(prompts), x.device
@@ -106,7 +107,9 @@ def generate(lm: MaskedDiffusionLM, prompts: Sequence[Sequence[int]], options: D
                  seconds=torch.zeros(batch, dtype=torch.float64))
     if options.rule == "top_k":
         rows.schedule = transfer_schedule(torch.full((batch,), unit_len, device=device), options.steps // options.num_units)
-    generators = ([torch.Generator(device).manual_seed(int(s)) for s in seeds] if options.temperature > 0 else None)
+    generators = None
+    if options.temperature > 0:
+        generators = [torch.Generator(device).manual_seed(int(s)) for s in (seeds or range(batch))]
     cache = lm.new_cache(batch, layout) if options.cache != "none" else None
     while True:
         active = rows.unit < options.num_units
@@ -114,20 +117,16 @@ def generate(lm: MaskedDiffusionLM, prompts: Sequence[Sequence[int]], options: D
             break
         for index, starts, width, use_cache in _groups(lm, layout, options, rows, active, units_per_block):
             tick = time.perf_counter()
-            sub = None if cache is None or len(index) == batch else cache.rows(index)
-            logits = lm.window_logits(x, layout, index, starts, width, (cache if len(index) == batch else sub)
-                                      if use_cache else None)
-            if sub is not None and use_cache:
-                cache.put_rows(index, sub)
+            part = None
+            if use_cache:  # the rows' cache (all of it, in place, when every row takes part)
+                part = cache if len(index) == batch else cache.rows(index)
+            logits = lm.window_logits(x, layout, index, starts, width, part)
+            if part is not None and part is not cache:
+                cache.put_rows(index, part)
             _commit(x, layout, options, rows, index, starts, logits, mask_id, generators)
             rows.nfe[index] += 1
             rows.seconds[index.cpu()] += (time.perf_counter() - tick) / len(index)
-        before = active.sum()
         _advance(x, layout, options, rows, active, mask_id, units_per_block)
-        if progress is not None:
-            finished = int(before - (rows.unit < options.num_units).sum())
-            if finished:
-                progress(finished)
     answers = x[:, layout.prompt_end:].tolist()
     return [Generation(answer, int(n), float(s), lm.tokenizer.decode_answer(answer))
             for answer, n, s in zip(answers, rows.nfe.tolist(), rows.seconds.tolist())]
@@ -153,8 +152,8 @@ def _groups(lm: MaskedDiffusionLM, layout: Layout, options: DecodeOptions, rows:
     if options.cache == "none":
         starts, widths, cached = torch.zeros_like(unit_start), end, torch.zeros_like(active)
     else:
-        refresh_from = (block_start - block_len).clamp(min=P) if exact else torch.zeros_like(block_start)
-        refresh_from = torch.where(block == 0, torch.zeros_like(refresh_from), refresh_from)
+        # a block's refresh: from the previous block's start (earlier K/V are final) or, bidirectional, everything
+        refresh_from = torch.where(block == 0, 0, block_start - block_len) if exact else torch.zeros_like(block_start)
         step_width = torch.full_like(unit_start, unit_len) if options.cache == "dual" else end - unit_start
         starts = torch.where(rows.fresh, refresh_from, unit_start)
         widths = torch.where(rows.fresh, end - refresh_from, step_width)
