@@ -58,3 +58,18 @@ def test_transformer_engine_recipe_follows_compute_capability():
             te_recipe("nvfp4")
     if major >= 9:
         assert type(te_recipe("fp8")).__name__ == "Float8CurrentScaling"
+
+
+@pytest.mark.gpu
+def test_dllm_decoding_on_gpu_in_bf16_matches_the_cpu_accuracy():
+    from diffrl.envs.sorting import heldout_problems
+    from diffrl.models.dllm.adapter import MaskedDiffusionLM
+    from diffrl.models.dllm.generate import DecodeOptions, generate
+
+    problems = heldout_problems(64, 32, seed=0)
+    lm = MaskedDiffusionLM.from_pretrained("builtin:sorting_dllm").eval().to("cuda", torch.bfloat16)
+    prompts = [lm.tokenizer.encode_prompt(p["prompt"]) for p in problems]
+    for options in (DecodeOptions(), DecodeOptions(rule="threshold", cache="dual")):
+        results = generate(lm, prompts, options)
+        accuracy = sum(r.text == p["reference"] for r, p in zip(results, problems)) / len(problems)
+        assert accuracy >= 0.85, (options, accuracy)
