@@ -15,13 +15,13 @@ def generators(seeds):
 
 def test_masks_fall_on_the_answer_only_and_a_row_does_not_depend_on_its_batch():
     tokens = torch.arange(40).reshape(2, 20)
-    noisy, masked, p = mask_answers(tokens, 8, -1, generators([1, 2]))
-    assert not masked[:, :8].any() and (noisy[masked] == -1).all() and torch.equal(noisy[~masked], tokens[~masked])
-    alone = mask_answers(tokens[1:], 8, -1, generators([2]))
-    assert torch.equal(alone[1][0], masked[1]) and torch.equal(alone[2][0], p[1])
+    masked, p = mask_answers(tokens, 8, generators([1, 2]))
+    assert not masked[:, :8].any() and masked[:, 8:].any()
+    alone = mask_answers(tokens[1:], 8, generators([2]))
+    assert torch.equal(alone[0][0], masked[1]) and torch.equal(alone[1][0], p[1])
     # one probability per row; per block with block_length
     assert len(set(p[0, 8:].tolist())) == 1 and (p[:, :8] == 0).all()
-    _, _, per_block = mask_answers(tokens, 8, -1, generators([1, 2]), block_length=4)
+    _, per_block = mask_answers(tokens, 8, generators([1, 2]), block_length=4)
     assert len(set(per_block[0, 8:].tolist())) == 3
     assert ((per_block[:, 8:] >= MIN_MASK_PROBABILITY) & (per_block[:, 8:] <= 1)).all()
 

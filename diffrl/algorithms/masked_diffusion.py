@@ -24,9 +24,9 @@ from torch import Tensor
 MIN_MASK_PROBABILITY = 1e-3
 
 
-def mask_answers(tokens: Tensor, answer_start: int, mask_id: int, generators: Sequence[torch.Generator],
-                 block_length: int = 0) -> tuple[Tensor, Tensor, Tensor]:
-    """(noisy tokens, masked bool, mask probability per token) for rows [N, S] whose answers start at
+def mask_answers(tokens: Tensor, answer_start: int, generators: Sequence[torch.Generator],
+                 block_length: int = 0) -> tuple[Tensor, Tensor]:
+    """(masked bool, mask probability per token) for rows [N, S] whose answers start at
     `answer_start`: each row (or with block_length > 0, each answer block of a row) draws its own t from its
     generator, so a row never depends on the rest of its batch."""
     n, length = tokens.shape
@@ -41,7 +41,7 @@ def mask_answers(tokens: Tensor, answer_start: int, mask_id: int, generators: Se
         draws[row, answer_start:] = torch.rand(answer, generator=gen)
     masked = draws < probability
     masked[:, :answer_start] = False
-    return torch.where(masked, mask_id, tokens), masked, probability
+    return masked, probability
 
 
 def masked_diffusion_loss(logits: Tensor, targets: Tensor, masked: Tensor, probability: Tensor,

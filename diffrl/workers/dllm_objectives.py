@@ -58,7 +58,7 @@ class MaskedDiffusionObjective(Objective):
 
     def rows(self, batch: TokenBatch, step: int) -> dict[str, Tensor]:
         generators = [torch.Generator().manual_seed(int(seed) ^ (step << 20)) for seed in batch.seeds.tolist()]
-        noisy, masked, probability = mask_answers(batch.tokens, batch.answer_start, -1, generators, self.block_length)
+        masked, probability = mask_answers(batch.tokens, batch.answer_start, generators, self.block_length)
         return {"index": torch.arange(len(batch)), "tokens": batch.tokens, "masked": masked,
                 "probability": probability, "answer_start": torch.full((len(batch),), batch.answer_start)}
 
