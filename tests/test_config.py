@@ -38,7 +38,7 @@ def test_override_parsing_keeps_original_and_types_values():
         ("learner.lr=fast", r"learner\.lr: Input should be a valid number"),
         ("learner.num_workers=3", r"learner\.num_workers=3 must divide"),
         ("learner.awm.num_timesteps=10", r"learner\.awm\.num_timesteps=10 exceeds the 9 training timesteps"),
-        ("kind=painting", r"kind: got 'painting'; allowed: \['dllm_decode', 'pretrain', 'rl', 'solver_tune'\]"),
+        ("kind=painting", r"kind: got 'painting'; allowed: \['adversarial', 'dllm_decode', 'pretrain', 'rl', 'solver_tune'\]"),
     ],
 )
 def test_bad_values_name_the_key_path(override, expected):
@@ -70,7 +70,7 @@ def test_missing_job_file_is_named(tmp_path):
 @pytest.mark.parametrize("path", sorted(Path(__file__).resolve().parents[1].glob("configs/**/*.yaml")))
 def test_every_shipped_job_file_validates(path):
     cfg = load_job(path)
-    kind = next((k for k in ("pretrain", "solver_tune", "dllm_decode") if path.name.startswith(k)), "rl")
+    kind = next((k for k in ("pretrain", "solver_tune", "dllm_decode", "adversarial") if path.name.startswith(k)), "rl")
     assert cfg.kind == kind
 
 

@@ -57,12 +57,13 @@ def load_job(path: str | Path, overrides: list[str] | None = None) -> JobConfig:
     return parse_job(read_job_file(path, overrides), source=str(path))
 
 
-from diffrl.kinds import dllm_decode, pretrain, rl, solver_tune  # noqa: E402  (the built-in kinds, one line each)
+from diffrl.kinds import adversarial, dllm_decode, pretrain, rl, solver_tune  # noqa: E402  (the built-in kinds, one line each)
 
 register(rl.KIND)
 register(pretrain.KIND)
 register(solver_tune.KIND)
 register(dllm_decode.KIND)
+register(adversarial.KIND)
 
 
 def run_job(cfg: JobConfig, resume: bool = False, echo=print) -> dict:

@@ -192,29 +192,41 @@ class LearnerWorker(WorkerBase):
         count = len(rows["index"])
         totals: dict[str, float] = {}
         grad_norm = 0.0
-        for start in range(0, count, self.micro_batch):
-            sl = slice(start, start + self.micro_batch)
-            part = {key: value[sl] for key, value in rows.items()}
-            if not conditioned:
-                part_cond = None
-            elif with_grad:
-                part_cond = self.engine.module.encode_prompts([batch.prompts[i] for i in part["index"].tolist()])
-            else:
-                part_cond = select_conditioning(cond, part["index"])
-            loss, stats = self.objective.loss(self, part, part_cond)
-            self.engine.backward(loss)
-            if self.engine.is_gradient_accumulation_boundary():
-                grad_norm = self._grad_norm()
-            self.engine.step()
-            weight = len(part["index"]) / count
-            for key, value in {"loss": loss.detach(), **stats}.items():
-                totals[key] = totals.get(key, 0.0) + float(value) * weight
-        with self._gathered():
-            for _, tracked, decay in self.shadows.values():
-                ema_update_(tracked, self._params, decay(step))
+        # Objectives with passes > 1 (free adversarial training) replay the minibatch: each pass is one optimizer
+        # step and one EMA update, and after each backward the objective updates its per-row state (`ascend`).
+        passes = getattr(self.objective, "passes", 1)
+        for done in range(passes):
+            for start in range(0, count, self.micro_batch):
+                sl = slice(start, start + self.micro_batch)
+                part = {key: value[sl] for key, value in rows.items()}
+                if not conditioned:
+                    part_cond = None
+                elif with_grad:
+                    part_cond = self.engine.module.encode_prompts([batch.prompts[i] for i in part["index"].tolist()])
+                else:
+                    part_cond = select_conditioning(cond, part["index"])
+                loss, stats = self.objective.loss(self, part, part_cond)
+                self.engine.backward(loss)
+                if done + 1 < passes:
+                    self.objective.ascend(part, rows, sl, self._loss_scale())
+                if self.engine.is_gradient_accumulation_boundary():
+                    grad_norm = self._grad_norm()
+                self.engine.step()
+                weight = len(part["index"]) / count / passes
+                for key, value in {"loss": loss.detach(), **stats}.items():
+                    totals[key] = totals.get(key, 0.0) + float(value) * weight
+            with self._gathered():
+                for _, tracked, decay in self.shadows.values():
+                    ema_update_(tracked, self._params, decay(step))
         self.version += 1
         totals["grad_norm"] = float(self.engine.get_global_grad_norm() or grad_norm)
         return totals
+
+    def _loss_scale(self) -> float:
+        """The fp16 engine's current loss scale (gradients arrive multiplied by it), else 1."""
+        if self.engine.fp16_enabled():
+            return float(getattr(self.optimizer, "cur_scale", getattr(self.optimizer, "loss_scale", 1.0)))
+        return 1.0
 
     def _grad_norm(self) -> float:
         """Norm of the reduced gradients before clipping (ZeRO-1/2 report theirs through the engine instead)."""
@@ -236,12 +248,49 @@ class LearnerWorker(WorkerBase):
         return pack(state, self.version, self.cfg.get("sync_bucket_mb", DEFAULT_BUCKET_MB), target=self.objective.trains)
 
     def save_model(self, directory: str, ema: bool = True) -> str:
-        """Save the whole trained adapter (its `save`: config and safetensors weights) — the eval EMA's when `ema`
-        — so that jobs can load it as `model.path` (objectives that train the whole model)."""
-        if self.objective.trains != "model":
-            raise ValueError("save_model saves a whole trained model; this objective trains only the denoiser")
-        (self.shadows["eval"][0] if ema else self.engine.module).save(directory)
+        """Save the whole adapter (its `save`: config and safetensors weights) with the trained weights — the eval
+        EMA's when `ema` — so that jobs can load it as `model.path` (full training, not LoRA)."""
+        trained = self.shadows["eval"][0] if ema else self.engine.module
+        if self.objective.trains == "model":
+            trained.save(directory)
+        elif self.model_cfg["lora"]["enabled"]:
+            raise ValueError("save_model saves a fully trained model; under LoRA save the adapters (get_weights)")
+        else:
+            model = copy.deepcopy(self.model)
+            model.denoiser.load_state_dict(trained.state_dict())
+            model.save(directory)
         return directory
+
+    def perturbation_errors(self, x0: torch.Tensor, prompts: list[str], seeds: list[int], times: list[float],
+                            radii: list[float], attack: str) -> list[float]:
+        """Robustness of the eval EMA (or the trained weights): x0-prediction error under input perturbations of
+        each size in `radii` (`diffrl.algorithms.adversarial.perturbation_errors`), averaged over `times`; row i's
+        noise comes from seeds[i]."""
+        from diffrl.algorithms.adversarial import perturbation_errors
+
+        net = self.shadows["eval"][0] if "eval" in self.shadows else self.engine.module
+        denoiser = getattr(net, "denoiser", net)
+        if net is denoiser:
+            cond = self._encode(prompts)
+        else:  # the whole adapter trains: its own text encoder
+            with torch.no_grad():
+                cond = encode_each(net, prompts)
+        x0 = x0.to(self.device)
+        eps = torch.stack([torch.randn(x0.shape[1:], generator=torch.Generator().manual_seed(int(s))) for s in seeds])
+        totals = [0.0] * len(radii)
+        for t_value in times:
+            t = torch.full((len(x0),), float(t_value), device=self.device)
+            x_t = (1 - t_value) * x0 + t_value * eps.to(self.device)
+
+            def predict_x0(x: torch.Tensor) -> torch.Tensor:
+                if hasattr(denoiser, "predict_x0"):
+                    return denoiser.predict_x0(x, t, cond)
+                return x - t_value * denoiser(x, t, cond)
+
+            errors = perturbation_errors(predict_x0, x0, x_t, radii, attack,  # type: ignore[arg-type]
+                                         torch.Generator().manual_seed(int(seeds[0])))
+            totals = [a + b / len(times) for a, b in zip(totals, errors)]
+        return totals
 
     # --------------------------------------------------------------- weight sync by broadcast (sync_backend)
     def weight_layout(self) -> BucketLayout:

@@ -34,7 +34,9 @@ class Objective:
     - `advantages`: the advantage rule the controller applies before `update` (None: no advantages);
     - `trains`: "denoiser", or "model" (every module of the adapter: the text encoder too, encoded with gradients
       inside each micro-batch);
-    - `conditioning`: the loss takes the prompts' text conditioning (False: language models, given None).
+    - `conditioning`: the loss takes the prompts' text conditioning (False: language models, given None);
+    - `passes`: optimizer steps per minibatch; passes > 1 replays it, calling `ascend` after each backward but the
+      last (free adversarial training keeps its per-row perturbation in the rows).
     A second trained module with its own optimizer would be another `trains` entry with its own engine.
     """
 
@@ -46,9 +48,13 @@ class Objective:
     advantages: ClassVar[str | None] = "per_prompt_group"
     trains: ClassVar[str] = "denoiser"
     conditioning: ClassVar[bool] = True
+    passes: int = 1
 
     def rows(self, batch: RolloutBatch, step: int) -> dict[str, Tensor]:
         raise NotImplementedError
 
     def loss(self, models: Models, rows: dict[str, Tensor], cond: Conditioning) -> tuple[Tensor, dict[str, Tensor]]:
         raise NotImplementedError
+
+    def ascend(self, part: dict[str, Tensor], rows: dict[str, Tensor], rows_slice: slice, loss_scale: float) -> None:
+        """After the backward of micro-batch `part` (= rows[rows_slice]) in a pass that is not the last."""

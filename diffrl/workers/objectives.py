@@ -13,6 +13,7 @@ shared noise) and the RL step, so rows never depend on how the controller split 
 - Pretraining (`flow_matching_x0`): rows are (image, caption) pairs with a per-row timestep and noise; the denoiser
   and the text encoder train together (the built-in model's recipe).
 - dLLM pretraining (`masked_diffusion`, `block_diffusion`): token rows, in `diffrl.workers.dllm_objectives`.
+- Adversarial fine-tuning (`adversarial`, free AT on the denoiser's input): in `diffrl.workers.adversarial_objectives`.
 """
 
 from __future__ import annotations
@@ -30,6 +31,7 @@ from diffrl.algorithms.nft import nft_loss
 from diffrl.models.adapter import Conditioning
 from diffrl.utils.rng import Stream, stream_generator
 from diffrl.workers.batch import RolloutBatch
+from diffrl.workers.adversarial_objectives import AdversarialObjective
 from diffrl.workers.dllm_objectives import BlockDiffusionObjective, MaskedDiffusionObjective
 from diffrl.workers.objective_base import Models, Objective
 
@@ -207,7 +209,8 @@ def _warmup_decay(rate: float, max_decay: float) -> Callable[[int], float]:
 OBJECTIVES: dict[str, type[Objective]] = {"awm": AWMObjective, "nft": NFTObjective, "flow_grpo": FlowGRPOObjective,
                                           "flow_matching_x0": FlowMatchingX0Objective}
 
-OBJECTIVES.update(masked_diffusion=MaskedDiffusionObjective, block_diffusion=BlockDiffusionObjective)
+OBJECTIVES.update(masked_diffusion=MaskedDiffusionObjective, block_diffusion=BlockDiffusionObjective,
+                  adversarial=AdversarialObjective)
 
 
 def objective_class(name: str) -> type[Objective]:
