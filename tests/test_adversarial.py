@@ -7,6 +7,7 @@ import numpy as np
 import pytest
 import scipy.linalg
 import torch
+from safetensors.torch import load_file
 
 import diffrl.workers.learner as learner_module
 from diffrl.algorithms.adversarial import ascend, ball_radius, perturbation_errors, perturbed_target, project
@@ -176,6 +177,11 @@ def test_a_ascent_steps_make_a_optimizer_steps_and_ema_updates(batches, tmp_path
     assert out["metrics"][0]["delta_norm"] <= (0 + 0.1 + 0.2) / 3 + 1e-6
     # Only the denoiser trains (trains: denoiser).
     assert all(not k.startswith("text_encoder.") for k in out["weights"])
+    assert out["metrics"][0]["clean_loss"] > 0 and out["metrics"][0]["clean_loss"] != out["metrics"][0]["loss"]
+    # Each micro-batch ascends its own rows: one micro-batch of 8 rows makes the same update as two of 4.
+    whole = run_learner(model, {**learner, "micro_batch_size": 8}, batches, tmp_path / "whole")
+    for key, value in out["weights"].items():
+        torch.testing.assert_close(whole["weights"][key], value, rtol=1e-4, atol=1e-6)
 
 
 def test_one_ascent_step_raises_the_loss_at_fixed_weights(batches):
@@ -203,11 +209,128 @@ def test_one_ascent_step_raises_the_loss_at_fixed_weights(batches):
         objective.ascend(part, rows, slice(0, len(rows["index"])), loss_scale=1.0)
         model.zero_grad()
     assert losses[1] > losses[0] and losses[2] > losses[1]
-    # And robustness is measured the same way: the error grows with the perturbation, adversarial above random.
-    x0, x_t = rows["x0"], rows["x_t"]
-    t = rows["t"]
+    # Robustness: the error grows with the perturbation, the gradient direction's faster than a random one's.
+    x0, t = rows["x0"], torch.full_like(rows["t"], 0.5)
+    x_t = 0.5 * x0 + 0.5 * rows["eps"]
     predict = lambda x: model.denoiser.predict_x0(x, t, cond)  # noqa: E731
     adversarial = perturbation_errors(predict, x0, x_t, [0.0, 0.1, 0.3], "adversarial")
     random = perturbation_errors(predict, x0, x_t, [0.0, 0.1, 0.3], "random", torch.Generator().manual_seed(0))
-    assert adversarial[0] == pytest.approx(random[0]) and adversarial[0] < adversarial[1] < adversarial[2]
-    assert adversarial[2] > random[2]
+    with torch.no_grad():
+        clean = float(((predict(x_t) - x0) ** 2).mean())
+    assert adversarial[0] == pytest.approx(clean) and clean < adversarial[1] < adversarial[2]
+    assert adversarial[2] > random[2] > clean
+
+
+# ------------------------------------------------------------------------------------ the consistency variant
+def test_consistency_sampling_returns_the_consistency_functions_sample():
+    """A velocity whose implied clean sample is a fixed image c: every multistep run ends exactly at c, in `steps`
+    model calls, and intermediate inputs are c re-noised to the grid points."""
+    from diffrl.algorithms.flow_matching import timestep_grid
+    from diffrl.algorithms.solvers import build_solver
+
+    gen = torch.Generator().manual_seed(4)
+    c, x = torch.randn(SHAPE, generator=gen), torch.randn(SHAPE, generator=gen)
+    solver = build_solver("consistency")
+    solver.set_timesteps(timestep_grid(3))
+    assert solver.stochastic == (True, True, False)
+    for index in range(solver.num_steps):
+        sigma, nxt = float(solver.sigmas[index]), float(solver.sigmas[index + 1])
+        v = (x - c) / sigma  # so that x - sigma v = c
+        # Without noise a step is the probability-flow ODE's Euler step.
+        torch.testing.assert_close(solver.deterministic_step(v, x, sigma, nxt), x + (nxt - sigma) * v)
+        if solver.stochastic[index]:
+            z = torch.randn(SHAPE, generator=gen)
+            x_next = solver.step(v, index, x, noise=z).prev_sample
+            torch.testing.assert_close(x_next, (1 - nxt) * c + nxt * z)
+        else:
+            x_next = solver.step(v, index, x).prev_sample
+        x = x_next
+    torch.testing.assert_close(x, c)
+
+
+def test_consistency_sampling_of_the_shapes_model_follows_algorithm_1():
+    """`sample(sampler="consistency")` on the real model equals Algorithm 1 written out: x0 = f(noise, 1), re-noise
+    to tau with the step's seeded noise, x0 = f(x, tau), with f(x, t) = x - t v."""
+    from diffrl.models.registry import build_model
+    from diffrl.workers.sampling import sample, step_noise
+
+    model = build_model("tiny_t2i", "builtin:shapes_base")
+    seeds = [11, 12]
+    with torch.no_grad():
+        cond = model.encode_prompts(["a photo of a red circle", "a photo of two squares"])
+        out = sample(model, cond, seeds, num_steps=2, sampler="consistency").samples
+        x = model.initial_noise(seeds)
+        one = torch.ones(2)
+        x0 = x - model.velocity(x, one, cond)
+        x = 0.5 * x0 + 0.5 * step_noise(seeds, 0, x.shape[1:])
+        expected = x - 0.5 * model.velocity(x, 0.5 * one, cond)
+    torch.testing.assert_close(out, expected)
+
+
+def consistency_dicts(adv_steps: int):
+    cfg = load_job(REPO_CM, ["learner.batch_size=8", "learner.micro_batch_size=4",
+                             f"learner.adversarial.adv_steps={adv_steps}", "trainer.steps=2", "learner.lr=1e-3"])
+    return cfg, {**cfg.model.model_dump(), "seed": cfg.seed}, learner_config(cfg)
+
+
+REPO_CM = str(Path(__file__).resolve().parents[1] / "configs/adversarial_consistency_shapes.yaml")
+
+
+def test_consistency_distillation_rows_loss_and_ascent(batches):
+    from diffrl.algorithms.consistency import discretization
+    from diffrl.models.registry import build_model_from_config
+    from diffrl.workers.adversarial_objectives import AdversarialConsistencyObjective
+
+    cfg, model_cfg, learner = consistency_dicts(2)
+    objective = AdversarialConsistencyObjective(learner["adversarial_consistency"])
+    rows = objective.rows(batches[0], 0)
+    grid = discretization(18)
+    assert grid[0] == pytest.approx(2e-3) and grid[-1] == 1 and len(grid) == 19
+    torch.testing.assert_close(grid.diff(), torch.full((18,), (1 - 2e-3) / 18))
+    gap = rows["t"] - rows["t_cur"]  # each row's two times are neighbouring grid points
+    torch.testing.assert_close(gap, torch.full_like(gap, (1 - 2e-3) / 18))
+    student = build_model_from_config(model_cfg)
+    teacher, target = (build_model_from_config(model_cfg).denoiser for _ in range(2))
+    with torch.no_grad():
+        cond = student.encode_prompts(batches[0].prompts)
+
+    class Models:  # the learner's models: the trained student, the frozen teacher, the EMA target network
+        policy = staticmethod(lambda x, t, c: student.denoiser(x, t, c))
+        reference = staticmethod(lambda x, t, c: teacher(x, t, c))
+        shadow = staticmethod(lambda name, x, t, c: target(x, t, c))
+        trained = staticmethod(lambda: student.denoiser)
+
+    losses = []
+    for _ in range(2):
+        part = dict(rows)
+        loss, stats = objective.loss(Models, part, cond)
+        loss.backward()
+        losses.append(float(loss.detach()))
+        objective.ascend(part, rows, slice(0, len(rows["index"])), loss_scale=1.0)
+        student.zero_grad()
+    # The student starts as the teacher: the only gap is the teacher's one ODE step; the perturbation widens it.
+    assert 0 < losses[0] < losses[1]
+    # A teacher whose flow carries every point to one image c (v = (x - c) / t) is its own consistency function:
+    # with student = target = teacher the consistency loss is 0.
+    c = batches[0].x0[:1]
+    point_mass = staticmethod(lambda x, t, cond: (x - c) / t.view(-1, 1, 1, 1))
+
+    class Exact:
+        policy = reference = point_mass
+        shadow = staticmethod(lambda name, x, t, cond: (x - c) / t.view(-1, 1, 1, 1))
+        trained = staticmethod(lambda: student.denoiser)
+
+    exact, _ = AdversarialConsistencyObjective({**learner["adversarial_consistency"], "adv_steps": 1}).loss(
+        Exact, dict(rows), cond)
+    assert float(exact) < 1e-10
+
+
+def test_consistency_learner_steps_the_student_with_a_target_network(batches, tmp_path):
+    _, model, learner = consistency_dicts(2)
+
+    out = run_learner(model, learner, batches, tmp_path)
+    assert out["state"]["engine"]["global_steps"] == 4 and set(out["state"]["shadows"]) == {"eval", "target"}
+    base = load_file(str(Path(__file__).resolve().parents[1] / "diffrl/models/assets/shapes_base/model.safetensors"))
+    denoiser = {k.removeprefix("denoiser."): v for k, v in base.items() if k.startswith("denoiser.")}
+    assert any(not torch.equal(out["weights"][k], denoiser[k]) for k in out["weights"])  # the student moved
+    assert all(torch.isfinite(torch.tensor(v)) for v in out["metrics"][1].values())

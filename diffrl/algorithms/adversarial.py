@@ -65,16 +65,6 @@ def perturbed_target(prediction: Prediction, x0: Tensor, eps: Tensor, delta: Ten
     raise ValueError(f"prediction: unknown {prediction!r}; allowed: x0, velocity, epsilon")
 
 
-def implied_x0(prediction: Prediction, x: Tensor, output: Tensor, t: Tensor, schedule: Schedule = "flow") -> Tensor:
-    """The clean sample that input x and a network output (or target) of `prediction` imply."""
-    if prediction == "x0":
-        return output
-    a, s = coefficients(t, schedule, x)
-    if prediction == "epsilon":
-        return (x - s * output) / a
-    return x - s * output  # velocity, flow schedule: x - t v
-
-
 def ascend(delta: Tensor, grad: Tensor, step_size: float, radius: float, loss_scale: float = 1.0) -> Tensor:
     """One free-AT ascent step: delta + step_size * g / ||g|| (per-sample L2, g = grad / loss_scale), projected onto
     the L2 ball of `radius`. Under fp16 loss scaling the gradient arrives multiplied by the scale: it is unscaled

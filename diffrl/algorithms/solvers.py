@@ -11,6 +11,7 @@ arXiv 2509.05952); a solver only picks which step to take.
 from __future__ import annotations
 
 import inspect
+import math
 from dataclasses import dataclass
 from typing import Sequence
 
@@ -221,12 +222,37 @@ class SASolver(Solver):
         return SolverStep(prev_sample=self.stepper.step(index, sample, prediction, noise))
 
 
+class ConsistencySolver(Solver):
+    """Multistep consistency sampling (Song et al. 2023, Algorithm 1; `diffrl.algorithms.consistency`): a step maps x
+    at sigma to the clean sample x0 = x - sigma v (the consistency function) and re-noises it to the next grid point,
+    (1 - sigma_next) x0 + sigma_next z; the last step returns x0. One model call per step (NFE = steps)."""
+
+    @property
+    def stochastic(self) -> tuple[bool, ...]:
+        return (True,) * (self.num_steps - 1) + (False,)
+
+    def deterministic_step(self, model_output: Tensor, sample: Tensor, sigma: float, sigma_next: float) -> Tensor:
+        """The noise-free step: x0 re-noised with the noise x and v imply, eps = x + (1 - sigma) v (the ODE's
+        DDIM-form step; the last step, sigma_next = 0, returns x0)."""
+        x, v = sample.float(), model_output.float()
+        return (1 - sigma_next) * (x - sigma * v) + sigma_next * (x + (1 - sigma) * v)
+
+    def stochastic_step(self, model_output: Tensor, sample: Tensor, sigma: float, sigma_next: float,
+                        noise: Tensor | None, prev_sample: Tensor | None) -> StepOutput:
+        mean = (1 - sigma_next) * (sample.float() - sigma * model_output.float())
+        std = torch.full_like(mean[:1], sigma_next)
+        drawn = prev_sample.float() if prev_sample is not None else mean + sigma_next * noise.float()
+        log_prob = (-((drawn - mean) ** 2) / (2 * sigma_next**2) - math.log(sigma_next)
+                    - 0.5 * math.log(2 * math.pi)).flatten(1).mean(1)
+        return StepOutput(sample=drawn, mean=mean, std=std, log_prob=log_prob)
+
+
 SOLVERS: dict[str, type[Solver]] = {"ode": EulerODESolver, "sde": FlowSDESolver, "cps": CPSSolver,
-                                    "sa_solver": SASolver}
+                                    "sa_solver": SASolver, "consistency": ConsistencySolver}
 
 
 def build_solver(name: str, **options) -> Solver:
-    """A fresh solver by name ("ode", "sde", "cps", "sa_solver") with its options (noise_level for sde and cps;
+    """A fresh solver by name ("ode", "sde", "cps", "sa_solver", "consistency") with its options (noise_level for sde and cps;
     predictor_order, corrector_order, tau, tau_window for sa_solver)."""
     if name not in SOLVERS:
         raise ValueError(f"unknown solver {name!r}; allowed: {', '.join(SOLVERS)}")

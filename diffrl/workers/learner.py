@@ -215,6 +215,8 @@ class LearnerWorker(WorkerBase):
                 weight = len(part["index"]) / count / passes
                 for key, value in {"loss": loss.detach(), **stats}.items():
                     totals[key] = totals.get(key, 0.0) + float(value) * weight
+                if passes > 1 and done == 0:  # the unperturbed pass, comparable with one-pass training's loss
+                    totals["clean_loss"] = totals.get("clean_loss", 0.0) + float(loss.detach()) * weight * passes
             with self._gathered():
                 for _, tracked, decay in self.shadows.values():
                     ema_update_(tracked, self._params, decay(step))

@@ -31,7 +31,7 @@ from diffrl.algorithms.nft import nft_loss
 from diffrl.models.adapter import Conditioning
 from diffrl.utils.rng import Stream, stream_generator
 from diffrl.workers.batch import RolloutBatch
-from diffrl.workers.adversarial_objectives import AdversarialObjective
+from diffrl.workers.adversarial_objectives import AdversarialConsistencyObjective, AdversarialObjective
 from diffrl.workers.dllm_objectives import BlockDiffusionObjective, MaskedDiffusionObjective
 from diffrl.workers.objective_base import Models, Objective
 
@@ -210,7 +210,7 @@ OBJECTIVES: dict[str, type[Objective]] = {"awm": AWMObjective, "nft": NFTObjecti
                                           "flow_matching_x0": FlowMatchingX0Objective}
 
 OBJECTIVES.update(masked_diffusion=MaskedDiffusionObjective, block_diffusion=BlockDiffusionObjective,
-                  adversarial=AdversarialObjective)
+                  adversarial=AdversarialObjective, adversarial_consistency=AdversarialConsistencyObjective)
 
 
 def objective_class(name: str) -> type[Objective]:

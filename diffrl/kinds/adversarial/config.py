@@ -4,9 +4,9 @@ and the periodic eval of few-step sample quality and of robustness."""
 
 from __future__ import annotations
 
-from typing import ClassVar, Literal
+from typing import Annotated, ClassVar, Literal
 
-from pydantic import Field, model_validator
+from pydantic import Field, NonNegativeFloat, PositiveInt, model_validator
 
 from diffrl.kinds.pretrain.config import ShapesDataConfig
 from diffrl.kinds.rl.config import ModelConfig
@@ -21,7 +21,7 @@ class ImageFolderDataConfig(Section):
     source: Literal["image_folder"] = "image_folder"
     path: str = Field(..., description="directory of training images")
     captions: str | None = Field(None, description="JSON-lines captions file; None trains unconditionally")
-    heldout: int = Field(64, ge=1, description="images held out (never trained on) as the real set of the Frechet "
+    heldout: int = Field(64, ge=2, description="images held out (never trained on) as the real set of the Frechet "
                                                "distance and the robustness eval")
     prompt_dropout: float = Field(0.1, ge=0, lt=1)
 
@@ -54,10 +54,16 @@ class AdversarialSection(Section):
     ema_decay: float = Field(0.999, ge=0, lt=1, description="EMA of the weights (updated every optimizer step); "
                                                              "the EMA is evaluated and saved")
     ema_start: int = Field(0, ge=0, description="the EMA copies the weights until this step")
+    cd_steps: int = Field(18, ge=1, description="adversarial_consistency: N of the discretization t_min..1")
+    cd_t_min: float = Field(2e-3, gt=0, lt=1, description="adversarial_consistency: the smallest time t_0")
+    target_decay: float = Field(0.95, ge=0, lt=1, description="adversarial_consistency: EMA decay mu of the "
+                                                               "target network")
 
 
 class AdversarialLearnerConfig(Section):
-    algorithm: Literal["adversarial"] = "adversarial"
+    algorithm: Literal["adversarial", "adversarial_consistency"] = Field(
+        "adversarial", description="adversarial: fine-tune the denoiser; adversarial_consistency: distil a "
+        "consistency model from the frozen base (the teacher), with the same perturbation on the online input")
     num_workers: int = Field(1, ge=1, description="data-parallel DeepSpeed ranks")
     cpus_per_worker: float = Field(1.0, gt=0)
     gpus_per_worker: float = Field(0.0, ge=0)
@@ -82,14 +88,18 @@ class AdversarialEvalConfig(Section):
     gpus_per_worker: float = Field(0.0, ge=0)
     reward_cpus: float = Field(0.5, gt=0, description="CPUs of the GenEval-shapes reward worker")
     batch_size: int = Field(64, ge=1)
-    nfe: list[int] = Field([5, 10], min_length=1, description="ODE steps of the few-step sample-quality evals")
+    nfe: list[PositiveInt] = Field([5, 10], min_length=1, description="sampler steps (model calls) of the "
+                                   "few-step sample-quality evals")
     seeds_per_prompt: int = Field(8, ge=1, description="held-out samples per prompt (GenEval-shapes and FD)")
     real_per_prompt: int = Field(8, ge=1, description="real renders per held-out prompt, the FD's reference set "
                                  "(the FD's estimate is biased upward with few samples: compare at equal counts)")
     robustness_samples: int = Field(64, ge=1, description="held-out images of the robustness eval")
-    robustness_radii: list[float] = Field([0.0, 0.05, 0.1, 0.2, 0.4], min_length=1,
+    robustness_radii: list[NonNegativeFloat] = Field([0.0, 0.05, 0.1, 0.2, 0.4], min_length=1,
                                           description="perturbation sizes eta (L2 norm eta * sqrt(D))")
-    robustness_times: list[float] = Field([0.25, 0.5, 0.75], min_length=1, description="timesteps t of x_t")
+    robustness_times: list[Annotated[float, Field(gt=0, le=1)]] = Field([0.25, 0.5, 0.75], min_length=1,
+                                                                        description="timesteps t of x_t, in (0, 1]")
+    sampler: Literal["auto", "ode", "consistency"] = Field(
+        "auto", description="sampler of the quality evals; auto: consistency for adversarial_consistency, else ode")
     attack: Literal["adversarial", "random"] = Field(
         "adversarial", description="perturbation direction: the error's gradient (one-step L2 attack) or random")
     sample_grid_prompts: int = Field(8, ge=1)
@@ -102,8 +112,12 @@ class AdversarialTrainerConfig(TrainerBase):
 
 class AdversarialJobConfig(JobConfig):
     kind: Literal["adversarial"] = "adversarial"
+    # A resumed run may change its length, cadence, logging and resources; not the recipe, nor what the evals
+    # measure (the eval history of the checkpoint would not compare).
     RESUMABLE: ClassVar[tuple[str, ...]] = BASE_RESUMABLE + (
-        "learner.cpus_per_worker", "learner.gpus_per_worker", "learner.resources", "eval.",
+        "learner.cpus_per_worker", "learner.gpus_per_worker", "learner.resources", "eval.num_workers",
+        "eval.cpus_per_worker", "eval.gpus_per_worker", "eval.reward_cpus", "eval.batch_size",
+        "eval.sample_grid_prompts",
     )
 
     model: ModelConfig = ModelConfig()
@@ -128,9 +142,12 @@ class AdversarialJobConfig(JobConfig):
         if adv.prediction != "x0" and adv.min_t <= 0:
             raise ValueError(f"learner.adversarial.prediction={adv.prediction} divides by t: set "
                              f"learner.adversarial.min_t > 0 (e.g. 0.02)")
-        if adv.trains == "model" and self.model.lora.enabled:
-            raise ValueError("learner.adversarial.trains=model trains every module; it cannot be combined with "
-                             "model.lora.enabled")
+        if self.model.lora.enabled:
+            raise ValueError("model.lora.enabled: adversarial training fine-tunes the full denoiser (LoRA adapters "
+                             "are not supported by this kind)")
+        if learner.algorithm == "adversarial_consistency" and (adv.trains != "denoiser" or adv.prediction != "x0"):
+            raise ValueError("learner.algorithm=adversarial_consistency trains the denoiser's consistency function "
+                             "(an x0 target): set learner.adversarial.trains=denoiser and prediction=x0")
         if self.model.path is None:
             raise ValueError("model.path: adversarial training fine-tunes trained weights (builtin:NAME or a "
                              "directory), got null")

@@ -22,9 +22,16 @@ METRIC = "geneval_shapes/strict"
 
 
 def folder_requests(real: RealSet, per_prompt: int) -> list[SampleRequest]:
-    """Samples for an image folder: its held-out captions, `per_prompt` fixed seeds each."""
-    return [SampleRequest(prompt, {}, index, EVAL_SEED_BASE + j)
+    """Samples for an image folder: its held-out captions, `per_prompt` fixed seeds each, every sample its own seed
+    (captions repeat, and without captions every prompt is empty)."""
+    return [SampleRequest(prompt, {}, index, EVAL_SEED_BASE + index * per_prompt + j)
             for index, prompt in enumerate(real.prompts) for j in range(per_prompt)]
+
+
+def eval_sampler(cfg: AdversarialJobConfig) -> str:
+    if cfg.eval.sampler != "auto":
+        return cfg.eval.sampler
+    return "consistency" if cfg.learner.algorithm == "adversarial_consistency" else "ode"
 
 
 class Evaluator:
@@ -43,19 +50,20 @@ class Evaluator:
         self.rollout.each("load_weights", self.learner.call(0, "get_weights", ema=True))
         metrics: dict[str, Any] = {}
         shapes = cfg.data.source == "shapes"
+        sampler = eval_sampler(cfg)
         requests = (eval_requests(self.heldout, cfg.eval.seeds_per_prompt) if shapes
                     else folder_requests(self.real, cfg.eval.seeds_per_prompt))
         for nfe in cfg.eval.nfe:
             if shapes:
-                batch = generate_and_score(self.rollout, self.rewards, requests, num_steps=nfe, sampler="ode")
+                batch = generate_and_score(self.rollout, self.rewards, requests, num_steps=nfe, sampler=sampler)
                 metrics[f"eval/nfe{nfe}/geneval"] = eval_metrics(batch, METRIC)["eval/headline"]
             else:
                 from diffrl.workers.batch import RolloutBatch
 
-                batch = RolloutBatch.concat(self.rollout.map("generate", requests, num_steps=nfe, sampler="ode"))
+                batch = RolloutBatch.concat(self.rollout.map("generate", requests, num_steps=nfe, sampler=sampler))
             metrics[f"eval/nfe{nfe}/fd"] = frechet_distance(shapes_features(batch.images), self.real_features)
             if write_grids:
-                title = f"step {step}, {nfe} ODE steps"
+                title = f"step {step}, {nfe} {sampler} steps"
                 write_grid(batch, run_dir, f"nfe{nfe}_step{step}", step, title, cfg.eval.seeds_per_prompt,
                            cfg.eval.sample_grid_prompts)
         rows = self.robust_rows

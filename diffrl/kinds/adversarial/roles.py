@@ -19,7 +19,9 @@ def eval_rollout_config(cfg: AdversarialJobConfig) -> dict:
 def learner_config(cfg: AdversarialJobConfig) -> dict:
     """The learner's settings; its schedules count optimizer steps (adv_steps per minibatch)."""
     adv = cfg.learner.adversarial
-    return {**cfg.learner.model_dump(), "total_steps": cfg.trainer.steps * adv.adv_steps}
+    section = cfg.learner.adversarial.model_dump()
+    return {**cfg.learner.model_dump(), "total_steps": cfg.trainer.steps * adv.adv_steps,
+            "adversarial_consistency": section}
 
 
 def adversarial_roles(cfg: AdversarialJobConfig) -> list[RoleSpec]:

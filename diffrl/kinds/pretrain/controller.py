@@ -4,17 +4,14 @@ weights and the reward worker scores them (GenEval-shapes, strict, averaged over
 
 from __future__ import annotations
 
-import time
 from typing import Any
 
-import numpy as np
-from tqdm import tqdm
-
-from diffrl.kinds.checkpoints import restore_checkpoint, save_checkpoint, save_weights
+from diffrl.kinds.checkpoints import restore_checkpoint, save_weights
 from diffrl.kinds.pretrain.config import PretrainJobConfig
 from diffrl.kinds.pretrain.data import build_source
 from diffrl.kinds.pretrain.text_eval import evaluate_decoding, restore_decoder
 from diffrl.kinds.rollouts import eval_metrics, eval_requests, generate_and_score, write_grid
+from diffrl.kinds.supervised import train
 from diffrl.platform.report_html import refresh_report
 from diffrl.platform.runtime import RunContext
 from diffrl.platform.worker import WorkerGroup
@@ -42,30 +39,8 @@ def run(ctx: RunContext) -> dict[str, Any]:
         restore_checkpoint(roles, ctx.checkpoint, after_learners=lambda: None)
         start, evaluations = ctx.checkpoint.step, [tuple(e) for e in ctx.checkpoint.trainer["evaluations"]]
 
-    bar = tqdm(range(start, cfg.trainer.steps), desc="pretrain", unit="step", dynamic_ncols=True, initial=start,
-               total=cfg.trainer.steps)
-    for step in bar:
-        tick = time.perf_counter()
-        batch = source.batch(step, cfg.learner.batch_size)
-        results = learner.scatter_async("update", batch.split(len(learner)), step=step).results()
-        record = {"step": step + 1, "time/learn": time.perf_counter() - tick,
-                  **{f"train/{k}": float(np.mean([r[k] for r in results])) for k in results[0]}}
-        log.write(record)
-        bar.set_postfix(loss=f"{record['train/loss']:.4f}")
-
-        done, last = step + 1, step + 1 == cfg.trainer.steps
-        evaluated = last or (cfg.trainer.eval_every and done % cfg.trainer.eval_every == 0)
-        if evaluated:
-            score = held_out_score(done, last)
-            evaluations.append((done, score))
-            bar.write(f"step {done}: held-out {cfg.trainer.eval_label} {score:.3f}")
-        if cfg.trainer.checkpoint_every and done % cfg.trainer.checkpoint_every == 0:
-            state = {"evaluations": evaluations, "sampler": {"kind": "seeded_per_step", "seed": cfg.seed,
-                                                             "next_step": done}}
-            bar.write(f"step {done}: checkpoint {save_checkpoint(roles, run_dir, done, state, cfg.trainer.keep_checkpoints)}")
-        if evaluated or (cfg.trainer.report_every and done % cfg.trainer.report_every == 0):
-            refresh_report(run_dir)
-    bar.close()
+    evaluations = train(ctx, source, "pretrain", start, evaluations, held_out_score,
+                        lambda step, score: f"step {step}: held-out {cfg.trainer.eval_label} {score:.3f}")
 
     weights = save_weights(learner, learner.call(0, "get_weights", ema=True), run_dir, "final")
     model_dir = learner.get([learner.call(0, "save_model", str(run_dir / "model"), ema=True)])[0]
