@@ -125,3 +125,20 @@ def test_options_are_checked():
         DecodeOptions(block_length=8, sub_block_length=3)
     with pytest.raises(ValueError, match="block_length"):
         decode(random_lm("block_causal", True), gen_length=16, block_length=8, steps=16)
+
+
+@pytest.mark.parametrize("name, options", [
+    ("sorting_dllm", dict(rule="threshold", threshold=0.9, cache="dual")),
+    ("sorting_dllm_v2", dict(rule="threshold", threshold=0.9, cache="dual", sub_block_length=4)),
+])
+def test_the_shipped_models_sort_held_out_digits(name, options):
+    """The shipped checkpoints load from the package and decode held-out problems (never trained on) exactly."""
+    from diffrl.envs.sorting import heldout_problems
+
+    lm = MaskedDiffusionLM.from_pretrained(f"builtin:{name}").eval()
+    problems = heldout_problems(40, 32, seed=0)
+    prompts = [lm.tokenizer.encode_prompt(p["prompt"]) for p in problems]
+    with torch.no_grad():
+        out = generate(lm, prompts, DecodeOptions(gen_length=32, block_length=8, **options))
+    correct = sum(r.text == p["reference"] for r, p in zip(out, problems))
+    assert correct / len(problems) >= 0.9
