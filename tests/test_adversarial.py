@@ -124,7 +124,7 @@ def learner_dicts(adv_steps: int, trains: str = "model"):
     return cfg, model, learner_config(cfg)
 
 
-def run_learner(model: dict, learner: dict, batches, scratch, probe=None):
+def run_learner(model: dict, learner: dict, batches, scratch):
     scratch.mkdir(parents=True, exist_ok=True)
     group = WorkerGroup(LocalBackend(), LearnerWorker, [(0, 1, model, learner, len(batches[0]))], Placement(num_cpus=1),
                         "learner")
@@ -133,8 +133,6 @@ def run_learner(model: dict, learner: dict, batches, scratch, probe=None):
         metrics = [group.scatter_async("update", [b], step=s).results()[0] for s, b in enumerate(batches)]
         out = {"weights": group.run("get_weights")[0].tensors(), "ema": group.run("get_weights", ema=True)[0].tensors(),
                "metrics": metrics, "state": group.run("state_dict")[0]}
-        if probe is not None:
-            out["probe"] = probe(group)
         return out
     finally:
         group.shutdown()
@@ -282,7 +280,7 @@ def test_consistency_distillation_rows_loss_and_ascent(batches):
     from diffrl.workers.adversarial_objectives import AdversarialConsistencyObjective
 
     cfg, model_cfg, learner = consistency_dicts(2)
-    objective = AdversarialConsistencyObjective(learner["adversarial_consistency"])
+    objective = AdversarialConsistencyObjective(learner["adversarial"])
     rows = objective.rows(batches[0], 0)
     grid = discretization(18)
     assert grid[0] == pytest.approx(2e-3) and grid[-1] == 1 and len(grid) == 19
@@ -320,7 +318,7 @@ def test_consistency_distillation_rows_loss_and_ascent(batches):
         shadow = staticmethod(lambda name, x, t, cond: (x - c) / t.view(-1, 1, 1, 1))
         trained = staticmethod(lambda: student.denoiser)
 
-    exact, _ = AdversarialConsistencyObjective({**learner["adversarial_consistency"], "adv_steps": 1}).loss(
+    exact, _ = AdversarialConsistencyObjective({**learner["adversarial"], "adv_steps": 1}).loss(
         Exact, dict(rows), cond)
     assert float(exact) < 1e-10
 

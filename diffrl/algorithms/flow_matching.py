@@ -180,3 +180,14 @@ def _sample_or_take(mean: Tensor, std: Tensor, noise: Tensor | None, prev_sample
     if prev_sample is not None:
         return prev_sample.float()
     return mean + std * noise.float()
+
+
+def seeded_interpolation(x0: Tensor, seeds: list[int]) -> tuple[Tensor, Tensor]:
+    """Per-row t ~ U(0, 1) [N] and noise eps (x0's shape) drawn from a generator seeded by each row's seed alone, so
+    rows never depend on how a batch was split (the supervised objectives' draws)."""
+    ts, eps = [], []
+    for seed in seeds:
+        gen = torch.Generator().manual_seed(int(seed))
+        ts.append(torch.rand(1, generator=gen))
+        eps.append(torch.randn(x0.shape[1:], generator=gen))
+    return torch.cat(ts), torch.stack(eps)

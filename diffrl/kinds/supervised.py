@@ -14,6 +14,7 @@ from tqdm import tqdm
 from diffrl.kinds.checkpoints import save_checkpoint
 from diffrl.platform.report_html import refresh_report
 from diffrl.platform.runtime import RunContext
+from diffrl.platform.worker import WorkerGroup
 
 
 def train(ctx: RunContext, source, desc: str, start: int, evaluations: list[tuple[int, Any]],
@@ -50,3 +51,9 @@ def train(ctx: RunContext, source, desc: str, start: int, evaluations: list[tupl
             refresh_report(run_dir)
     bar.close()
     return evaluations
+
+
+def restore_eval_worker(group: WorkerGroup, rank: int, learner: WorkerGroup) -> None:
+    """A restarted eval worker (rollout or decode): set up, then the learner's EMA weights the others hold."""
+    group.get([group.setup_worker(rank)])
+    group.get([group.call(rank, "load_weights", learner.call(0, "get_weights", ema=True))])

@@ -23,6 +23,7 @@ from torch import Tensor
 
 from diffrl.algorithms.adversarial import ascend, ball_radius, perturbed_target
 from diffrl.algorithms.consistency import consistency_function, discretization, teacher_step
+from diffrl.algorithms.flow_matching import seeded_interpolation
 from diffrl.models.adapter import Conditioning
 from diffrl.workers.objective_base import Models, Objective
 
@@ -57,12 +58,8 @@ class AdversarialObjective(Objective):
         self.shadows = {"eval": lambda step: decay if step > start else 0.0}
 
     def rows(self, batch, step: int) -> dict[str, Tensor]:
-        ts, eps = [], []
-        for seed in batch.seeds.tolist():
-            gen = torch.Generator().manual_seed(int(seed))
-            ts.append(torch.rand(1, generator=gen))
-            eps.append(torch.randn(batch.x0.shape[1:], generator=gen))
-        t, noise = torch.cat(ts).clamp_min(self.cfg["min_t"]), torch.stack(eps)
+        t, noise = seeded_interpolation(batch.x0, batch.seeds.tolist())
+        t = t.clamp_min(self.cfg["min_t"])
         t_b = t.view(-1, *([1] * (batch.x0.dim() - 1)))
         x0 = batch.x0
         return {"index": torch.arange(len(batch)), "t": t, "x0": x0, "eps": noise,
@@ -89,6 +86,8 @@ class AdversarialObjective(Objective):
 
 class AdversarialConsistencyObjective(AdversarialObjective):
     """Consistency distillation from the frozen base with free adversarial training of the online input."""
+
+    section = "adversarial"  # the same learner.adversarial settings
 
     needs_reference = True  # the teacher: the base model's frozen copy
 

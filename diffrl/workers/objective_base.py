@@ -49,6 +49,7 @@ class Objective:
     trains: ClassVar[str] = "denoiser"
     conditioning: ClassVar[bool] = True
     passes: int = 1
+    section: ClassVar[str | None] = None  # the learner config section it reads (None: its registry name)
 
     def rows(self, batch: RolloutBatch, step: int) -> dict[str, Tensor]:
         raise NotImplementedError

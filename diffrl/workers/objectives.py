@@ -26,7 +26,7 @@ from torch import Tensor
 
 from diffrl.algorithms.awm import awm_log_prob, awm_loss, ema_decay, velocity_kl
 from diffrl.algorithms.flow_grpo import flow_grpo_kl, flow_grpo_loss
-from diffrl.algorithms.flow_matching import cps_step, sde_step, stratified_timesteps
+from diffrl.algorithms.flow_matching import cps_step, sde_step, seeded_interpolation, stratified_timesteps
 from diffrl.algorithms.nft import nft_loss
 from diffrl.models.adapter import Conditioning
 from diffrl.utils.rng import Stream, stream_generator
@@ -186,12 +186,7 @@ class FlowMatchingX0Objective(Objective):
         self.shadows = {"eval": lambda step: decay if step > start else 0.0}
 
     def rows(self, batch, step: int) -> dict[str, Tensor]:
-        ts, eps = [], []
-        for seed in batch.seeds.tolist():
-            gen = torch.Generator().manual_seed(int(seed))
-            ts.append(torch.rand(1, generator=gen))
-            eps.append(torch.randn(batch.x0.shape[1:], generator=gen))
-        t, noise = torch.cat(ts), torch.stack(eps)
+        t, noise = seeded_interpolation(batch.x0, batch.seeds.tolist())
         t_b = t.view(-1, *([1] * (batch.x0.dim() - 1)))
         return {"index": torch.arange(len(batch)), "t": t, "x0": batch.x0, "x_t": (1 - t_b) * batch.x0 + t_b * noise}
 
@@ -220,11 +215,11 @@ def objective_class(name: str) -> type[Objective]:
 
 
 def build_objective(learner_cfg: dict, rollout_cfg: dict | None) -> Objective:
-    """The objective `learner_cfg["algorithm"]`, built from its own section (learner_cfg[name]) when it has one,
-    else from the learner config itself."""
+    """The objective `learner_cfg["algorithm"]`, built from its config section (learner_cfg[cls.section or name])
+    when the learner config has one, else from the learner config itself."""
     name = learner_cfg["algorithm"]
     cls = objective_class(name)
     if cls.trajectories and rollout_cfg is None:
         raise ValueError(f"learner.algorithm={name} needs the rollout config (sampler, noise level, window)")
-    section = learner_cfg.get(name, learner_cfg)
+    section = learner_cfg.get(cls.section or name, learner_cfg)
     return cls(section, rollout_cfg)

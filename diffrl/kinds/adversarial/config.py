@@ -8,9 +8,9 @@ from typing import Annotated, ClassVar, Literal
 
 from pydantic import Field, NonNegativeFloat, PositiveInt, model_validator
 
-from diffrl.kinds.pretrain.config import ShapesDataConfig
+from diffrl.kinds.pretrain.config import ShapesDataConfig, SupervisedLearnerConfig
 from diffrl.kinds.rl.config import ModelConfig
-from diffrl.platform.config import BASE_RESUMABLE, RESOURCES_HELP, JobConfig, Resources, Section, TrainerBase
+from diffrl.platform.config import BASE_RESUMABLE, JobConfig, Section, TrainerBase
 
 
 class ImageFolderDataConfig(Section):
@@ -60,25 +60,17 @@ class AdversarialSection(Section):
                                                                "target network")
 
 
-class AdversarialLearnerConfig(Section):
+class AdversarialLearnerConfig(SupervisedLearnerConfig):
     algorithm: Literal["adversarial", "adversarial_consistency"] = Field(
         "adversarial", description="adversarial: fine-tune the denoiser; adversarial_consistency: distil a "
         "consistency model from the frozen base (the teacher), with the same perturbation on the online input")
-    num_workers: int = Field(1, ge=1, description="data-parallel DeepSpeed ranks")
-    cpus_per_worker: float = Field(1.0, gt=0)
-    gpus_per_worker: float = Field(0.0, ge=0)
-    resources: Resources = Field(default_factory=dict, description=RESOURCES_HELP)
+    # Fine-tuning defaults (warm-up and schedules count optimizer steps: adv_steps per minibatch).
     batch_size: int = Field(64, ge=1, description="samples per minibatch, over all ranks")
     micro_batch_size: int = Field(64, ge=1, description="samples per forward/backward on a rank")
     lr: float = Field(1e-4, gt=0)
     min_lr: float = Field(1e-5, ge=0, description="cosine decay ends here")
     lr_schedule: Literal["cosine", "constant"] = "constant"
-    warmup_steps: int = Field(0, ge=0, description="in optimizer steps (adv_steps per minibatch)")
-    weight_decay: float = Field(0.0, ge=0)
-    betas: tuple[float, float] = (0.9, 0.999)
-    grad_clip: float = Field(1.0, ge=0, description="0 disables clipping")
-    zero_stage: Literal[0, 1, 2] = 0
-    sync_bucket_mb: float = Field(64.0, gt=0)
+    warmup_steps: int = Field(0, ge=0)
     adversarial: AdversarialSection = AdversarialSection()
 
 

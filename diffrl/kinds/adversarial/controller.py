@@ -10,10 +10,9 @@ from diffrl.kinds.adversarial.data import build_source
 from diffrl.kinds.adversarial.evaluation import Evaluator
 from diffrl.kinds.adversarial.report import write_adversarial_figure
 from diffrl.kinds.checkpoints import restore_checkpoint, save_weights
-from diffrl.kinds.supervised import train
+from diffrl.kinds.supervised import restore_eval_worker, train
 from diffrl.platform.report_html import refresh_report
 from diffrl.platform.runtime import RunContext
-from diffrl.platform.worker import WorkerGroup
 
 
 def run(ctx: RunContext) -> dict[str, Any]:
@@ -21,7 +20,7 @@ def run(ctx: RunContext) -> dict[str, Any]:
     source = build_source(cfg)
     learner, rollout = roles["learner"], roles["rollout"]
     rewards = [roles["reward0"]] if "reward0" in roles.groups else []
-    rollout.restore = lambda group, rank: _restore_rollout(group, rank, learner)
+    rollout.restore = lambda group, rank: restore_eval_worker(group, rank, learner)
     evaluate = Evaluator(cfg, learner, rollout, rewards, source.heldout, source.real_set(cfg.eval.real_per_prompt))
 
     start, evaluations = 0, []
@@ -58,8 +57,3 @@ def announcement(step: int, metrics: dict, cfg) -> str:
     parts.append(f"error@eta={radii[-1]:g} {metrics[f'eval/robust/eta{radii[-1]:g}']:.4f}")
     return f"step {step}: held-out " + ", ".join(parts)
 
-
-def _restore_rollout(group: WorkerGroup, rank: int, learner: WorkerGroup) -> None:
-    """A restarted eval worker: set up, then the EMA weights the others hold."""
-    group.get([group.setup_worker(rank)])
-    group.get([group.call(rank, "load_weights", learner.call(0, "get_weights", ema=True))])

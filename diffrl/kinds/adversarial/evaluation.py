@@ -16,7 +16,7 @@ from diffrl.kinds.rollouts import eval_metrics, eval_requests, generate_and_scor
 from diffrl.platform.worker import WorkerGroup
 from diffrl.rewards.shapes_features import shapes_features
 from diffrl.utils.rng import EVAL_SEED_BASE
-from diffrl.workers.batch import SampleRequest
+from diffrl.workers.batch import RolloutBatch, SampleRequest
 
 METRIC = "geneval_shapes/strict"
 
@@ -58,8 +58,6 @@ class Evaluator:
                 batch = generate_and_score(self.rollout, self.rewards, requests, num_steps=nfe, sampler=sampler)
                 metrics[f"eval/nfe{nfe}/geneval"] = eval_metrics(batch, METRIC)["eval/headline"]
             else:
-                from diffrl.workers.batch import RolloutBatch
-
                 batch = RolloutBatch.concat(self.rollout.map("generate", requests, num_steps=nfe, sampler=sampler))
             metrics[f"eval/nfe{nfe}/fd"] = frechet_distance(shapes_features(batch.images), self.real_features)
             if write_grids:

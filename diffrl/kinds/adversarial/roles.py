@@ -18,10 +18,7 @@ def eval_rollout_config(cfg: AdversarialJobConfig) -> dict:
 
 def learner_config(cfg: AdversarialJobConfig) -> dict:
     """The learner's settings; its schedules count optimizer steps (adv_steps per minibatch)."""
-    adv = cfg.learner.adversarial
-    section = cfg.learner.adversarial.model_dump()
-    return {**cfg.learner.model_dump(), "total_steps": cfg.trainer.steps * adv.adv_steps,
-            "adversarial_consistency": section}
+    return {**cfg.learner.model_dump(), "total_steps": cfg.trainer.steps * cfg.learner.adversarial.adv_steps}
 
 
 def adversarial_roles(cfg: AdversarialJobConfig) -> list[RoleSpec]:

@@ -41,10 +41,10 @@ class SortingDataConfig(Section):
     split_seed: int = 0
 
 
-class PretrainLearnerConfig(Section):
-    algorithm: Literal["flow_matching_x0", "masked_diffusion", "block_diffusion"] = Field(
-        "flow_matching_x0", description="the objective: x0-prediction flow matching of the denoiser and the text "
-        "encoder together (tiny_t2i); masked_diffusion (tiny_dllm); block_diffusion (tiny_dllm_v2)")
+class SupervisedLearnerConfig(Section):
+    """The data-parallel DeepSpeed learner ranks of the supervised kinds (pretrain, adversarial) and their optimizer
+    schedule; each kind adds its objective's settings."""
+
     num_workers: int = Field(1, ge=1, description="data-parallel DeepSpeed ranks")
     cpus_per_worker: float = Field(1.0, gt=0)
     gpus_per_worker: float = Field(0.0, ge=0)
@@ -59,9 +59,15 @@ class PretrainLearnerConfig(Section):
     betas: tuple[float, float] = (0.9, 0.999)
     grad_clip: float = Field(1.0, ge=0, description="0 disables clipping")
     zero_stage: Literal[0, 1, 2] = 0
+    sync_bucket_mb: float = Field(64.0, gt=0)
+
+
+class PretrainLearnerConfig(SupervisedLearnerConfig):
+    algorithm: Literal["flow_matching_x0", "masked_diffusion", "block_diffusion"] = Field(
+        "flow_matching_x0", description="the objective: x0-prediction flow matching of the denoiser and the text "
+        "encoder together (tiny_t2i); masked_diffusion (tiny_dllm); block_diffusion (tiny_dllm_v2)")
     ema_decay: float = Field(0.999, ge=0, lt=1, description="EMA of the weights; the EMA is evaluated and saved")
     ema_start: int = Field(200, ge=0, description="the EMA copies the weights until this step")
-    sync_bucket_mb: float = Field(64.0, gt=0)
 
 
 class EvalWorkersConfig(Section):

@@ -9,9 +9,9 @@ from typing import Any
 from diffrl.kinds.checkpoints import restore_checkpoint, save_weights
 from diffrl.kinds.pretrain.config import PretrainJobConfig
 from diffrl.kinds.pretrain.data import build_source
-from diffrl.kinds.pretrain.text_eval import evaluate_decoding, restore_decoder
+from diffrl.kinds.pretrain.text_eval import evaluate_decoding
 from diffrl.kinds.rollouts import eval_metrics, eval_requests, generate_and_score, write_grid
-from diffrl.kinds.supervised import train
+from diffrl.kinds.supervised import restore_eval_worker, train
 from diffrl.platform.report_html import refresh_report
 from diffrl.platform.runtime import RunContext
 from diffrl.platform.worker import WorkerGroup
@@ -24,13 +24,13 @@ def run(ctx: RunContext) -> dict[str, Any]:
     source = build_source(cfg)
     learner = roles["learner"]
     if cfg.data.source == "sorting":
-        roles["decode"].restore = lambda group, rank: restore_decoder(group, rank, learner)
+        roles["decode"].restore = lambda group, rank: restore_eval_worker(group, rank, learner)
 
         def held_out_score(step: int, last: bool) -> float:
             return evaluate_decoding(cfg, learner, roles["decode"], source.heldout, step, log, run_dir, last)
     else:
         rollout, rewards = roles["rollout"], [roles["reward0"]]
-        rollout.restore = lambda group, rank: _restore_rollout(group, rank, learner)
+        rollout.restore = lambda group, rank: restore_eval_worker(group, rank, learner)
 
         def held_out_score(step: int, last: bool) -> float:
             return evaluate(cfg, learner, rollout, rewards, source.heldout, step, log, run_dir, last)
@@ -67,8 +67,3 @@ def evaluate(cfg: PretrainJobConfig, learner: WorkerGroup, rollout: WorkerGroup,
                    cfg.trainer.sample_grid_prompts)
     return metrics["eval/headline"]
 
-
-def _restore_rollout(group: WorkerGroup, rank: int, learner: WorkerGroup) -> None:
-    """A restarted eval worker: set up, then the EMA weights the others hold."""
-    group.get([group.setup_worker(rank)])
-    group.get([group.call(rank, "load_weights", learner.call(0, "get_weights", ema=True))])

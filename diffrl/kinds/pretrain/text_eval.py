@@ -28,8 +28,3 @@ def evaluate_decoding(cfg: PretrainJobConfig, learner: WorkerGroup, decode: Work
         atomic_write_text(run_dir / "heldout_generations.jsonl", "".join(json.dumps(r) + "\n" for r in records))
     return accuracy
 
-
-def restore_decoder(group: WorkerGroup, rank: int, learner: WorkerGroup) -> None:
-    """A restarted decode worker: set up, then the EMA weights the others hold."""
-    group.get([group.setup_worker(rank)])
-    group.get([group.call(rank, "load_weights", learner.call(0, "get_weights", ema=True))])
