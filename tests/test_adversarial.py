@@ -332,3 +332,29 @@ def test_consistency_learner_steps_the_student_with_a_target_network(batches, tm
     denoiser = {k.removeprefix("denoiser."): v for k, v in base.items() if k.startswith("denoiser.")}
     assert any(not torch.equal(out["weights"][k], denoiser[k]) for k in out["weights"])  # the student moved
     assert all(torch.isfinite(torch.tensor(v)) for v in out["metrics"][1].values())
+
+
+def test_the_shipped_consistency_model_draws_held_out_shapes_in_one_and_two_steps():
+    """builtin:shapes_cm (configs/adversarial_consistency_shapes.yaml, 1500 minibatches; its training.json) against
+    its teacher builtin:shapes_base under the same multistep consistency sampler: the teacher's x0 jumps are blurry
+    at 1-2 steps (GenEval-shapes strict 0.00 measured), the distilled model's are sharp (0.27 / 0.43 on these 144
+    samples; 0.41 / 0.49 on the job's 576 held-out samples)."""
+    from diffrl.envs.shapes import prompt_splits
+    from diffrl.kinds.adversarial.config import AdversarialJobConfig
+    from diffrl.kinds.adversarial.roles import eval_rollout_config
+    from diffrl.kinds.rollouts import eval_requests
+    from diffrl.rewards.base import build_reward
+    from diffrl.workers.rollout import RolloutWorker
+
+    requests = eval_requests(prompt_splits()[1], 2)
+    reward = build_reward("geneval_shapes", score="strict")
+    strict = {}
+    for path in ("builtin:shapes_cm", "builtin:shapes_base"):
+        cfg = AdversarialJobConfig(model={"path": path}, learner={"algorithm": "adversarial_consistency"})
+        worker = RolloutWorker({**cfg.model.model_dump(), "seed": 0}, eval_rollout_config(cfg), False)
+        worker.setup()
+        for nfe in (1, 2):
+            batch = worker.generate(requests, num_steps=nfe, sampler="consistency")
+            strict[path, nfe] = float(np.mean(reward(batch.images, batch.prompts, batch.metadata).scores))
+    assert strict["builtin:shapes_base", 1] <= 0.1 and strict["builtin:shapes_base", 2] <= 0.1, strict
+    assert strict["builtin:shapes_cm", 1] >= 0.2 and strict["builtin:shapes_cm", 2] >= 0.35, strict
