@@ -35,7 +35,23 @@ def cmd_run(args: argparse.Namespace) -> int:
     except CheckpointError as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
+    except KeyboardInterrupt:
+        print("diffrl: interrupted; `diffrl run --resume` continues from the newest checkpoint", file=sys.stderr)
+        return 130
+    except Exception as err:
+        return report_failure(err)
     return 0
+
+
+def report_failure(err: BaseException) -> int:
+    """A failure after start as one line naming the role, rank and cause (exit 1); DIFFRL_DEBUG=1 re-raises it for
+    the full traceback."""
+    from diffrl.platform.worker import describe_failure
+
+    if os.environ.get("DIFFRL_DEBUG"):
+        raise err
+    print(f"error: {describe_failure(err)}\n(set DIFFRL_DEBUG=1 for the traceback)", file=sys.stderr)
+    return 1
 
 
 # `diffrl pretrain-shapes`: configs/pretrain_shapes.yaml, embedded (the recipe is PretrainJobConfig's defaults).
@@ -61,7 +77,10 @@ def cmd_pretrain(args: argparse.Namespace) -> int:
     except ConfigError as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
-    summary = run_job(cfg)
+    try:
+        summary = run_job(cfg)
+    except Exception as err:
+        return report_failure(err)
     if out is not None:
         shutil.rmtree(out, ignore_errors=True)
         shutil.copytree(summary["model"], out)
@@ -74,12 +93,13 @@ def cmd_serve_reward(args: argparse.Namespace) -> int:
     import threading
 
     from diffrl.rewards.base import RewardError, build_reward
-    from diffrl.rewards.remote import serve_reward
+    from diffrl.rewards.remote import read_token_file, serve_reward
 
     try:
         kwargs = json.loads(args.kwargs)
         reward = build_reward(args.reward, **kwargs)
-        token = args.token or os.environ.get("DIFFRL_REWARD_TOKEN")
+        # The token never comes from argv (visible to every user through `ps`): a file or the environment.
+        token = read_token_file(args.token_file) if args.token_file else os.environ.get("DIFFRL_REWARD_TOKEN")
         server = serve_reward(reward, args.reward, host=args.host, port=args.port, token=token)
     except (RewardError, ValueError, OSError) as err:
         print(f"error: {err}", file=sys.stderr)
@@ -91,6 +111,19 @@ def cmd_serve_reward(args: argparse.Namespace) -> int:
         threading.Event().wait()
     except KeyboardInterrupt:
         server.shutdown()
+    return 0
+
+
+def cmd_export(args: argparse.Namespace) -> int:
+    from diffrl.kinds.export import export_run
+    from diffrl.platform.config import ConfigError
+
+    try:
+        out = export_run(args.run, args.format, args.out, force=args.force)
+    except (ConfigError, FileNotFoundError, KeyError, ValueError) as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    print(f"export: wrote {out} ({args.format})")
     return 0
 
 
@@ -121,10 +154,19 @@ def build_parser() -> argparse.ArgumentParser:
     serve = sub.add_parser("serve-reward", help="serve a reward over HTTP (JSON schema in diffrl/rewards/remote.py)")
     serve.add_argument("reward", help="registered name, pkg.module:factory or path/file.py:factory")
     serve.add_argument("--port", type=int, default=8700)
-    serve.add_argument("--host", default="127.0.0.1", help="other addresses need --token")
-    serve.add_argument("--token", default=None, help="shared token (or DIFFRL_REWARD_TOKEN)")
+    serve.add_argument("--host", default="127.0.0.1", help="other addresses need a shared token")
+    serve.add_argument("--token-file", default=None, help="file holding the shared token (else DIFFRL_REWARD_TOKEN); "
+                                                          "never on the command line, where `ps` shows it")
     serve.add_argument("--kwargs", default="{}", help="JSON object of factory arguments")
     serve.set_defaults(func=cmd_serve_reward)
+
+    export = sub.add_parser("export", help="write a finished run's model as a diffusers pipeline folder or a LoRA file")
+    export.add_argument("run", help="the run directory, e.g. runs/NAME")
+    export.add_argument("out", help="output directory")
+    export.add_argument("--format", choices=["diffusers", "lora"], default="diffusers",
+                        help="diffusers: the full pipeline (LoRA merged); lora: pipe.load_lora_weights(OUT) loads it")
+    export.add_argument("--force", action="store_true", help="replace OUT if it exists")
+    export.set_defaults(func=cmd_export)
 
     from diffrl.cluster.jobs import add_job_commands
     from diffrl.cluster.templates import add_template_command

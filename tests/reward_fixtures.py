@@ -13,3 +13,17 @@ def slow_checksum(delay: float = 1.0):
         return RewardOutput(scores=[float(int(image.sum()) % 997) for image in images], details={"prompt": list(prompts)})
 
     return reward
+
+
+def hang_once(marker: str):
+    """Hangs (10 minutes) on the first call of the test, marked by creating `marker`; checksums afterwards."""
+    import os
+
+    def reward(images, prompts, metadata):
+        if not os.path.exists(marker):
+            open(marker, "w").close()
+            time.sleep(600)
+        return [float(int(image.sum()) % 997) for image in images]
+
+    return reward
+

@@ -174,12 +174,12 @@ def test_dashboard_address_resolution(monkeypatch):
 
 def test_staged_job_round_trips_with_its_prompt_files(tmp_path, monkeypatch):
     monkeypatch.chdir(ROOT)
-    cfg = load_job(GPU_JOB, ["ray.address=10.0.0.1:6379"])
+    cfg = load_job(GPU_JOB, ["ray.address=10.0.0.1:6379"], local=False)  # as submit loads it: weights on the cluster
     job_file = jobs.stage_job(cfg, tmp_path)
     assert sorted(p.name for p in (tmp_path / "data").iterdir()) == ["eval.jsonl", "train.jsonl"]
     assert (tmp_path / "data" / "train.jsonl").read_text() == Path(cfg.data.train_file).read_text()
     monkeypatch.chdir(tmp_path)  # the job runs from its working dir on the cluster
-    staged = load_job(job_file)
+    staged = load_job(job_file, local=False)
     assert staged.data.train_file == "data/train.jsonl" and staged.data.eval_file == "data/eval.jsonl"
     assert staged.ray.address is None  # inside a Ray job RAY_ADDRESS names the cluster
     assert staged.model_dump(exclude={"data", "ray"}) == cfg.model_dump(exclude={"data", "ray"})
@@ -383,3 +383,118 @@ def test_roles_land_on_the_nodes_their_resources_name(tmp_path):
     assert "node_c" in error and "node_a" in error and "node_b" in error and "2 node(s)" in error
     assert outcome["spread"] == ["node_a", "node_b"] and outcome["version"] == 1
     assert outcome["local_node"] is False  # two nodes: rendezvous through a TCP store, not the driver's files
+
+
+# --- no accidental attach, no token to a stranger, rewards that travel ------------------------------------------------
+
+@pytest.mark.timeout(300)
+def test_a_local_run_never_attaches_to_a_stopped_heads_leftover_address():
+    """cluster/README's one-machine walk-through (`ray start --head --block`, then Ctrl-C) can leave Ray's address
+    file behind; plain ray.init(num_cpus=...) follows it and fails, a run with no address configured must start its
+    own cluster instead."""
+    base = short_temp_dir()
+    try:
+        (base / "ray").mkdir()
+        port = free_ports(["gcs"])["gcs"]  # nothing listens there any more: the stopped head
+        (base / "ray" / "ray_current_cluster").write_text(f"127.0.0.1:{port}")
+        env = {**ray_env(), "TMPDIR": str(base)}  # Ray's default temp dir is then base/ray
+        env.pop("RAY_TMPDIR", None)
+
+        def child(code: str) -> subprocess.CompletedProcess:
+            return subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=180)
+
+        plain = child("import ray\nray.init(num_cpus=2)\n")
+        assert plain.returncode != 0 and "num_cpus and num_gpus must not be provided" in plain.stderr
+        ours = child("from diffrl.platform.ray_cluster import connect_ray\nimport ray\nconnect_ray(num_cpus=2)\n"
+                     "print('cpus', ray.cluster_resources()['CPU'])\nray.shutdown()\n")
+        assert ours.returncode == 0, ours.stderr[-2000:]
+        assert "cpus 2.0" in ours.stdout
+    finally:
+        shutil.rmtree(base, ignore_errors=True)
+
+
+class _Refusing:
+    """A dashboard stand-in that answers 401 to everything and records the Authorization headers it got."""
+
+    def __init__(self, host: str) -> None:
+        import http.server
+        import threading
+
+        seen = self.seen = []
+
+        class Handler(http.server.BaseHTTPRequestHandler):
+            def do_GET(self):  # noqa: N802
+                seen.append(self.headers.get("Authorization"))
+                self.send_response(401)
+                self.send_header("Content-Length", "0")
+                self.end_headers()
+
+            def log_message(self, *args):
+                pass
+
+        self.server = http.server.ThreadingHTTPServer((host, 0), Handler)
+        self.address = f"http://{host}:{self.server.server_address[1]}"
+        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+
+    def close(self) -> None:
+        self.server.shutdown()
+        self.server.server_close()
+
+
+TOKEN_PROBE = """
+import sys
+from diffrl.cluster import jobs
+jobs._local_token_header = lambda: {"Authorization": "Bearer local-secret"}
+try:
+    jobs.connect(sys.argv[1])
+except jobs.JobsError as err:
+    print(err)
+"""
+
+
+def test_submit_never_sends_the_local_token_to_another_host():
+    """A dashboard that answers 401 at an address other than this machine's loopback gets no token unless one was
+    given for it (RAY_AUTH_TOKEN); this machine's own gets the local token. Each probe is a fresh process, as
+    `diffrl submit` is (a process that joined a token cluster has Ray's token mode switched on for good)."""
+    stranger, local = _Refusing("127.0.0.2"), _Refusing("127.0.0.1")  # 127.0.0.2: not an address we were given
+
+    def probe(server: _Refusing, **env: str) -> str:
+        clean = {k: v for k, v in ray_env().items() if not k.startswith("RAY_AUTH")}
+        return subprocess.run([sys.executable, "-c", TOKEN_PROBE, server.address], env={**clean, **env},
+                              capture_output=True, text=True, timeout=120).stdout
+
+    try:
+        assert "never sent to another host" in probe(stranger)
+        assert stranger.seen and all(header is None for header in stranger.seen)
+        probe(local)
+        assert local.seen[0] is None and "Bearer local-secret" in local.seen  # asked first without, then with
+        stranger.seen.clear()
+        probe(stranger, RAY_AUTH_TOKEN="given-for-it")
+        assert "Bearer given-for-it" in stranger.seen and "Bearer local-secret" not in stranger.seen
+    finally:
+        stranger.close()
+        local.close()
+
+
+def test_file_and_local_module_rewards_travel_with_the_job(tmp_path, monkeypatch):
+    monkeypatch.chdir(ROOT)
+    package = tmp_path / "myrewards"
+    package.mkdir()
+    (package / "__init__.py").write_text("def const(value=1.0):\n    return lambda i, p, m: [value] * len(i)\n")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    rewards = ("reward.rewards=[{name: 'examples/rewards/plain_function.py:redness'}, {name: 'myrewards:const'}, "
+               "{name: 'http://127.0.0.1:8700'}, {name: geneval_shapes}]")
+    cfg = load_job(ROOT / "configs" / "shapes_awm.yaml", [rewards])
+    from diffrl.cluster.shipping import plan_rewards
+
+    shipment = plan_rewards(cfg)
+    assert shipment.names == {0: "rewards/plain_function.py:redness"}
+    assert shipment.py_modules == [str(package)]
+    assert len(shipment.warnings) == 1 and "loopback URL on the cluster" in shipment.warnings[0]
+    staging = tmp_path / "staging"
+    staging.mkdir()
+    job_file = jobs.stage_job(cfg, staging, shipment)
+    assert (staging / "rewards" / "plain_function.py").read_text() == (ROOT / "examples/rewards/plain_function.py").read_text()
+    monkeypatch.chdir(staging)  # as on the cluster: the staged job resolves its shipped reward
+    staged = load_job(job_file)
+    assert [s.name for s in staged.reward.rewards][:2] == ["rewards/plain_function.py:redness", "myrewards:const"]

@@ -40,7 +40,7 @@ def cli(*argv: str) -> int:
 
 
 def test_roles_and_default_shape_follow_the_job():
-    gpu = load_job(GPU_JOB)
+    gpu = load_job(GPU_JOB, local=False)
     assert [(d.role, d.workers, d.cpus, d.gpus) for d in job_pools(gpu)] == [
         ("rollout", 1, 1.0, 1.0), ("reward0", 1, 0.5, 0.5), ("learner", 1, 1.0, 1.0)]
     shape = cluster_shape(gpu)
@@ -56,17 +56,17 @@ def test_roles_and_default_shape_follow_the_job():
     assert "explore" not in pools
     assert pools["rollout+explore"].cpus == colocated.rollout.cpus_per_worker + colocated.rollout.sol.explore_cpus_per_worker
     hybrid = load_job(GPU_JOB, ["ray.colocate=[[rollout, learner]]", "learner.num_workers=2",
-                                "rollout.gpus_per_worker=0.5", "learner.gpus_per_worker=0.5"])
+                                "rollout.gpus_per_worker=0.5", "learner.gpus_per_worker=0.5"], local=False)
     assert [(d.role, d.workers, d.gpus) for d in job_pools(hybrid)] == [
         ("reward0", 1, 0.5), ("rollout+learner", 2, 1.0)]
-    uneven = load_job(GPU_JOB, ["ray.colocate=[[rollout, learner]]", "rollout.num_workers=4"])
+    uneven = load_job(GPU_JOB, ["ray.colocate=[[rollout, learner]]", "rollout.num_workers=4"], local=False)
     shared = job_pools(uneven)[-1]
     assert [b["GPU"] for b in shared.bundle_list()] == [2.0, 1.0, 1.0, 1.0]  # learner rank 0 on bundle 0 only
     assert shared.total_gpus == 5.0 and cluster_shape(uneven).total_gpus == 5.5
 
 
 def test_kuberay_manifest(tmp_path):
-    cfg = load_job(GPU_JOB)
+    cfg = load_job(GPU_JOB, local=False)
     documents = list(yaml.safe_load_all(render_template("kuberay", cfg, job_file=GPU_JOB, image="reg/diffrl:1")))
     assert [(d["apiVersion"], d["kind"]) for d in documents] == [("v1", "ConfigMap"), ("ray.io/v1", "RayJob")]
     config_map, ray_job = documents
@@ -93,7 +93,7 @@ def test_kuberay_manifest(tmp_path):
     embedded = yaml.safe_load(config_map["data"]["job.yaml"])
     assert embedded["data"]["train_file"] == "/home/ray/diffrl-job/train.jsonl"
     loaded = load_job(tmp_path / "job.yaml", [f"data.train_file={tmp_path / 'train.jsonl'}",
-                                              f"data.eval_file={tmp_path / 'eval.jsonl'}"])
+                                              f"data.eval_file={tmp_path / 'eval.jsonl'}"], local=False)
     assert loaded.model_dump(exclude={"data"}) == cfg.model_dump(exclude={"data"})
     assert (tmp_path / "train.jsonl").read_text() == Path(cfg.data.train_file).read_text()
 
@@ -110,7 +110,9 @@ def test_kuberay_config_map_carries_prompt_files_verbatim(tmp_path):
     train, held_out = tmp_path / "train.txt", tmp_path / "eval.txt"
     train.write_text("  a prompt that starts with spaces\n\na red square: with a colon\n")
     held_out.write_text("one line without a newline")
-    cfg = load_job(TINY_JOB, ["data.source=files", f"data.train_file={train}", f"data.eval_file={held_out}"])
+    # Plain-text prompts carry no GenEval metadata: score them with a reward that needs none.
+    cfg = load_job(TINY_JOB, ["data.source=files", f"data.train_file={train}", f"data.eval_file={held_out}",
+                              "reward.rewards=[{name: jpeg_compressibility}]"])
     config_map = next(yaml.safe_load_all(render_template("kuberay", cfg, job_file=TINY_JOB)))
     assert config_map["data"]["train.txt"] == train.read_text()
     assert config_map["data"]["eval.txt"] == held_out.read_text()
@@ -120,7 +122,7 @@ def test_ray_up_file_passes_rays_autoscaler_schema():
     import ray.autoscaler
     from ray.autoscaler._private.util import prepare_config, validate_config
 
-    cfg = load_job(GPU_JOB)
+    cfg = load_job(GPU_JOB, local=False)
     config = yaml.safe_load(render_template("ray-up", cfg, job_file=GPU_JOB))
     schema = json.loads((Path(ray.autoscaler.__file__).parent / "ray-schema.json").read_text())
     jsonschema.validate(config, schema)
@@ -144,7 +146,7 @@ def test_pinned_requirements_are_the_cluster_requirements():
 
 
 def test_slurm_script_is_valid_bash_sized_from_the_job(tmp_path):
-    cfg = load_job(GPU_JOB)
+    cfg = load_job(GPU_JOB, local=False)
     script = tmp_path / "job.sh"
     script.write_text(render_template("slurm", cfg, job_file=GPU_JOB, nodes=3))
     subprocess.run(["bash", "-n", str(script)], check=True)
@@ -162,7 +164,7 @@ def test_slurm_script_is_valid_bash_sized_from_the_job(tmp_path):
 
 @pytest.mark.parametrize("kind", list(KINDS))
 def test_rendered_examples_are_up_to_date(kind):
-    expected = render_template(kind, load_job(GPU_JOB), job_file=GPU_JOB)
+    expected = render_template(kind, load_job(GPU_JOB, local=False), job_file=GPU_JOB)
     example = ROOT / EXAMPLES[kind]
     assert example.read_text() == expected, (
         f"{EXAMPLES[kind]} is stale; re-render it: diffrl cluster-template {kind} {GPU_JOB} --out {EXAMPLES[kind]} "
@@ -170,7 +172,7 @@ def test_rendered_examples_are_up_to_date(kind):
 
 
 def test_bad_inputs_give_clear_errors(tmp_path, capsys):
-    cfg = load_job(GPU_JOB)
+    cfg = load_job(GPU_JOB, local=False)
     with pytest.raises(TemplateError, match="unknown template kind 'nomad'; allowed: kuberay, slurm, ray-up"):
         render_template("nomad", cfg, job_file=GPU_JOB)
     with pytest.raises(TemplateError, match="needs 2.5 GPU.*raise --nodes, --gpus-per-node"):

@@ -78,3 +78,48 @@ def test_missing_model_names_the_path(tmp_path):
         build_model("sd3", str(tmp_path / "nope"), resolution=32)
     with pytest.raises(ValueError, match="model.resolution=30 must be a multiple"):
         DiffusersT2I.from_pretrained("sd3", str(build_tiny_pipeline("sd3", tmp_path / "sd3")), 30, 16)
+
+
+def _denoise(model, seed: int = 0) -> torch.Tensor:
+    generator = torch.Generator().manual_seed(seed)
+    x = torch.randn(2, *model.sample_shape, generator=generator)
+    t = torch.tensor([0.3, 0.8])
+    with torch.no_grad():
+        return model.denoiser(x, t, model.encode_prompts(["a red circle", "two squares"]))
+
+
+@pytest.mark.parametrize("family,lora", [("sd3", True), ("flux", True), ("sana", False)])
+def test_exported_models_compute_what_the_trained_one_does(pipelines, tmp_path, family, lora):
+    """`diffrl export` of a real (one-step) run: the diffusers folder (LoRA merged) and the LoRA file loaded by
+    `pipe.load_lora_weights` give the trained denoiser's outputs; the trained one is rebuilt the way the run's
+    workers build it (base pipeline, adapters, final.safetensors)."""
+    from safetensors.torch import load_file
+
+    from diffrl.cli import main
+    from diffrl.models.diffusers_t2i import DiffusersT2I, load_pipeline
+    from diffrl.models.registry import apply_lora, load_trainable_state_dict
+
+    cfg = parse_job(job(family, pipelines[family], tmp_path, "awm", "ode", lora))
+    run_dir = Path(run_job(cfg, echo=lambda _: None)["run_dir"])
+    trained = build_model(family, str(pipelines[family]), resolution=32, max_sequence_length=16)
+    base = _denoise(trained)
+    if lora:
+        apply_lora(trained, 4, 8.0, None)
+    load_trainable_state_dict(trained.denoiser, load_file(str(run_dir / "final.safetensors")))
+    expected = _denoise(trained)
+    # The run changed the model by far more than the tolerance below (measured 3e-4 to 3e-3), so a wrong LoRA scale
+    # or a missed layer shows.
+    assert float((expected - base).abs().max()) > 2e-4
+
+    assert main(["export", str(run_dir), str(tmp_path / "pipe"), "--format", "diffusers"]) == 0
+    exported = build_model(family, str(tmp_path / "pipe"), resolution=32, max_sequence_length=16)
+    torch.testing.assert_close(_denoise(exported), expected, rtol=1e-4, atol=1e-5)
+    if lora:
+        assert main(["export", str(run_dir), str(tmp_path / "lora"), "--format", "lora"]) == 0
+        pipeline = load_pipeline(family, str(pipelines[family]))
+        pipeline.load_lora_weights(str(tmp_path / "lora"))
+        loaded = DiffusersT2I(family, pipeline, 32, 16)
+        torch.testing.assert_close(_denoise(loaded), expected, rtol=1e-4, atol=1e-5)
+    else:
+        assert main(["export", str(run_dir), str(tmp_path / "lora"), "--format", "lora"]) == 2  # not a LoRA run
+    assert main(["export", str(run_dir), str(tmp_path / "pipe")]) == 2  # exists: nothing overwritten

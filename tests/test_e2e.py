@@ -3,6 +3,7 @@
 import json
 import math
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -59,6 +60,11 @@ def test_cli_run_on_ray(tmp_path):
     last = proc.stdout.strip().splitlines()[-1]
     assert last.startswith("held-out GenEval-shapes: base ") and " -> final " in last
     check_run(tmp_path / "shapes_awm")
+    # A quiet run: diffrl's own lines and its progress bar, nothing from torch, DeepSpeed or Ray.
+    ours = re.compile(r"^(diffrl: |step \d+|held-out |\w+: +\d+%\|)")
+    lines = [line.strip() for line in (proc.stdout + proc.stderr).replace("\r", "\n").splitlines() if line.strip()]
+    foreign = [line for line in lines if not ours.match(line)]
+    assert not foreign, "\n".join(foreign[:20])
 
 
 def test_local_backend_run_and_no_overwrite(tmp_path):

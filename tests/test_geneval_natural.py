@@ -6,7 +6,7 @@ import pytest
 import torch
 from tiny_models import build_tiny_clip, build_tiny_mask2former
 
-from diffrl.rewards.base import build_reward
+from diffrl.rewards.base import RewardError, build_reward
 from diffrl.rewards.geneval import GENEVAL_COLORS, Detection, evaluate_geneval
 from diffrl.rewards.geneval_natural import ClipColorClassifier, Mask2FormerDetector
 
@@ -62,7 +62,8 @@ def test_natural_geneval_reward_applies_the_rules_to_the_backends(dirs):
 
 
 def test_missing_model_directories_are_named(tmp_path, dirs):
-    with pytest.raises(FileNotFoundError, match="detector_path .* is not a local directory"):
+    with pytest.raises(RewardError, match="reward 'geneval': building it failed: .*detector_path .* is not a local "
+                                          "directory"):
         build_reward("geneval", detector_path=str(tmp_path / "m2f"), clip_path=str(dirs[1]))
-    with pytest.raises(FileNotFoundError, match="clip_path .* is not a local directory"):
+    with pytest.raises(RewardError, match="clip_path .* is not a local directory"):
         build_reward("geneval", detector_path=str(dirs[0]), clip_path=str(tmp_path / "clip"))

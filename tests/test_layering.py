@@ -17,7 +17,7 @@ ALLOWED = {
     "platform": {"utils"},
     "workers": {"algorithms", "envs", "models", "rewards", "platform", "utils"},
     "kinds": {"algorithms", "envs", "models", "rewards", "platform", "workers", "utils"},
-    "cluster": {"kinds", "platform", "utils"},
+    "cluster": {"kinds", "platform", "rewards", "utils"},
     "cli": {"kinds", "platform", "cluster", "rewards", "utils"},
 }
 RAY_ALLOWED = {"platform", "cluster"}

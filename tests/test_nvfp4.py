@@ -1,12 +1,18 @@
 """NVFP4 numerics agree bit for bit with the public reference quantizer (torchao's NVFP4Tensor, which runs on CPU)."""
 
+import sys
+from pathlib import Path
+
 import pytest
 import torch
 
 from diffrl.algorithms.nvfp4 import E2M1_VALUES, e2m1_round, fake_quantize, quantize, tensor_scale_for
 
-nvfp4_ref = pytest.importorskip("torchao.prototype.mx_formats.nvfp4_tensor")
-kernels = pytest.importorskip("torchao.prototype.mx_formats.kernels")
+# `make test` installs torchao here, outside site-packages (see the Makefile: at run time it would be imported by
+# transformers on every start).
+sys.path.append(str(Path(__file__).resolve().parents[1] / ".venv" / "test-only"))
+from torchao.prototype.mx_formats import kernels  # noqa: E402
+from torchao.prototype.mx_formats import nvfp4_tensor as nvfp4_ref  # noqa: E402
 
 
 def reference(x: torch.Tensor):

@@ -7,7 +7,7 @@ import torch
 from tiny_models import build_tiny_clip
 from transformers import CLIPModel, CLIPProcessor
 
-from diffrl.rewards.base import build_reward
+from diffrl.rewards.base import RewardError, build_reward
 
 
 @pytest.fixture(scope="module")
@@ -35,5 +35,30 @@ def test_pickscore_matches_hand_computation(tiny_clip):
 
 
 def test_pickscore_missing_directory_is_named(tmp_path):
-    with pytest.raises(FileNotFoundError, match="pickscore: path .* is not a local directory"):
+    with pytest.raises(RewardError, match="reward 'pickscore': building it failed: FileNotFoundError: pickscore: "
+                                          "path .* is not a local directory"):
         build_reward("pickscore", path=str(tmp_path / "PickScore_v1"))
+
+
+@pytest.mark.parametrize("angle, expected", [(0.0, 1.0), (60.0, 0.5), (90.0, 0.0), (180.0, -1.0)])
+def test_pickscore_known_answer_from_set_weights(tmp_path, angle, expected):
+    """Weights set so that the answer is known without running CLIP: the towers' final layer norms have weight 0
+    and biases b = e0 (vision) and c = cos(a) e0 + sin(a) e1 (text), the projections keep the first 16 dims, and
+    logit_scale = log(26). Every image-prompt pair then scores exactly cos(a)."""
+    import math
+
+    directory = build_tiny_clip(tmp_path / "clip")
+    model = CLIPModel.from_pretrained(directory)
+    with torch.no_grad():
+        for norm in (model.vision_model.post_layernorm, model.text_model.final_layer_norm):
+            norm.weight.zero_()
+        model.vision_model.post_layernorm.bias.copy_(torch.eye(32)[0])
+        rad = math.radians(angle)
+        model.text_model.final_layer_norm.bias.copy_(math.cos(rad) * torch.eye(32)[0] + math.sin(rad) * torch.eye(32)[1])
+        for projection in (model.visual_projection, model.text_projection):
+            projection.weight.copy_(torch.eye(16, 32))
+        model.logit_scale.fill_(math.log(26.0))
+    model.save_pretrained(directory)
+    reward = build_reward("pickscore", path=str(directory), batch_size=2)
+    images = np.random.default_rng(1).integers(0, 256, size=(3, 40, 40, 3), dtype=np.uint8)
+    assert reward(images, ["a red cat", "two dogs", "x"], [{}] * 3).scores == pytest.approx([expected] * 3, abs=1e-5)

@@ -125,3 +125,44 @@ def test_serve_reward_cli_serves_over_loopback(tmp_path):
     bad = subprocess.run([sys.executable, "-m", "diffrl.cli", "serve-reward", EXAMPLE, "--host", "0.0.0.0"],
                          capture_output=True, text=True, timeout=60)
     assert bad.returncode == 2 and "without a shared token" in bad.stderr
+
+
+def test_serve_reward_reads_its_token_from_a_file_never_argv(tmp_path):
+    import socket
+    import subprocess
+    import time
+
+    from diffrl.cli import build_parser
+
+    assert "--token" not in build_parser()._subparsers._group_actions[0].choices["serve-reward"]._option_string_actions
+    token = tmp_path / "token"
+    token.write_text("s3cret\n")
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    env = {k: v for k, v in __import__("os").environ.items() if k != "DIFFRL_REWARD_TOKEN"}
+    process = subprocess.Popen([sys.executable, "-m", "diffrl.cli", "serve-reward", EXAMPLE, "--port", str(port),
+                                "--token-file", str(token)], stdout=subprocess.PIPE, text=True, env=env)
+    url = f"http://127.0.0.1:{port}"
+    try:
+        assert "token required" in process.stdout.readline()
+        deadline = time.time() + 30
+        while True:
+            try:
+                out = RemoteReward(url, token_file=str(token), timeout_s=5)(IMAGES, PROMPTS, META)
+                break
+            except RewardError:
+                if time.time() > deadline:
+                    raise
+                time.sleep(0.2)
+        assert len(out.scores) == 3
+        with pytest.raises(RewardError, match="401"):
+            RemoteReward(url, timeout_s=5)(IMAGES, PROMPTS, META)
+    finally:
+        process.terminate()
+        process.wait(timeout=10)
+    empty = tmp_path / "empty"
+    empty.write_text("\n")
+    bad = subprocess.run([sys.executable, "-m", "diffrl.cli", "serve-reward", EXAMPLE, "--token-file", str(empty)],
+                         capture_output=True, text=True, timeout=60, env=env)
+    assert bad.returncode == 2 and f"token file {empty} is empty" in bad.stderr

@@ -85,8 +85,8 @@ def hangs():
 @pytest.mark.parametrize(
     "factory, message",
     [
-        ("wrong_length", r"reward '.*:wrong_length' failed after 2 attempt\(s\): RewardError: returned 1 scores for "
-                         r"a batch of 3 images"),
+        # A wrong length is a bug in the reward: it fails at once, without retries.
+        ("wrong_length", r"reward '.*:wrong_length' returned 1 scores for a batch of 3 images"),
         ("not_finite", r"reward '.*:not_finite' failed after 2 attempt\(s\): RewardError: score 0 is nan"),
         ("raises", r"reward '.*:raises' failed after 2 attempt\(s\): ConnectionError: reward server unreachable"),
     ],
@@ -109,10 +109,11 @@ def test_retries_are_bounded_and_a_transient_failure_recovers():
 
 
 def test_a_hanging_reward_times_out_with_its_name():
+    """In-process the hung call cannot be stopped, so it is not retried beside itself (on Ray the replica is restarted
+    and the call re-sent: tests/test_run_faults.py)."""
     images, prompts, meta = batch()
     tick = time.perf_counter()
-    with pytest.raises(RewardError, match=r"reward '.*:hangs' failed after 2 attempt\(s\): TimeoutError: no answer "
-                                          r"within 0.3 s"):
+    with pytest.raises(RewardError, match=r"reward '.*:hangs' gave no answer within timeout_s=0.3 s"):
         worker({"name": f"{__name__}:hangs", "retries": 1, "timeout_s": 0.3, "backoff_s": 0.0}).score(
             images, prompts, meta)
     assert time.perf_counter() - tick < 5

@@ -44,6 +44,7 @@ from pathlib import Path
 from typing import Any, Callable, TextIO
 
 import diffrl
+from diffrl.cluster.shipping import Shipment, plan_rewards, print_warnings
 from diffrl.kinds import kind_of, load_job
 from diffrl.platform.config import ConfigError, dump_job
 
@@ -75,8 +76,34 @@ def _local_token_header() -> dict[str, str]:
     return AuthenticationTokenLoader.instance().get_token_for_http_header(ignore_auth_mode=True)
 
 
+def _host(address: str) -> str:
+    import urllib.parse
+
+    return (urllib.parse.urlsplit(address if "://" in address else f"http://{address}").hostname or "").lower()
+
+
+def _token_given() -> bool:
+    """Whether the user named a token for the cluster (RAY_AUTH_TOKEN or RAY_AUTH_TOKEN_PATH), rather than the one
+    this machine's own Ray wrote to ~/.ray."""
+    return bool(os.environ.get("RAY_AUTH_TOKEN") or os.environ.get("RAY_AUTH_TOKEN_PATH"))
+
+
+def _given_token_header() -> dict[str, str] | None:
+    """The Authorization header of the token the user named (RAY_AUTH_TOKEN, else the file RAY_AUTH_TOKEN_PATH),
+    read here rather than by Ray's loader, which falls back to ~/.ray when the named file is unreadable."""
+    token = os.environ.get("RAY_AUTH_TOKEN", "").strip()
+    if not token and os.environ.get("RAY_AUTH_TOKEN_PATH"):
+        try:
+            token = Path(os.environ["RAY_AUTH_TOKEN_PATH"]).expanduser().read_text().strip()
+        except OSError as err:
+            raise JobsError(f"RAY_AUTH_TOKEN_PATH: cannot read {os.environ['RAY_AUTH_TOKEN_PATH']} ({err.strerror})") from None
+    return {"Authorization": f"Bearer {token}"} if token else None
+
+
 def connect(address: str) -> Any:
-    """A JobSubmissionClient for `address`; the local token is added only when the dashboard asks for one."""
+    """A JobSubmissionClient for `address`. A token is sent only when the dashboard asks for one (401), and then
+    only a token meant for it: the user's RAY_AUTH_TOKEN / RAY_AUTH_TOKEN_PATH, or this machine's own token when the
+    dashboard is on this machine (loopback). A remote dashboard never gets the local ~/.ray token."""
     from ray.exceptions import AuthenticationError
     from ray.job_submission import JobSubmissionClient
 
@@ -84,14 +111,21 @@ def connect(address: str) -> Any:
         try:
             return JobSubmissionClient(address)
         except AuthenticationError:
-            header = _local_token_header()
-            if os.environ.get("RAY_AUTH_MODE") is not None or not header:
+            if os.environ.get("RAY_AUTH_MODE") is not None:
+                raise
+            header = _given_token_header() if _token_given() else None
+            if header is None:
+                if _host(address) not in ("127.0.0.1", "localhost", "::1"):
+                    raise
+                header = _local_token_header()
+            if not header:
                 raise
             return JobSubmissionClient(address, headers=header)
     except AuthenticationError as err:
         reason = str(err).splitlines()[0]
         fix = ("unset RAY_AUTH_MODE=disabled here, or set it to token" if os.environ.get("RAY_AUTH_MODE") == "disabled"
-               else "set RAY_AUTH_TOKEN to the cluster's token (`ray get-auth-token` on the head prints it)")
+               else "set RAY_AUTH_TOKEN to the cluster's token (`ray get-auth-token` on the head prints it); this "
+                    "machine's own token is never sent to another host")
         raise JobsError(f"the Ray dashboard at {address} refused the request ({reason}); {fix}") from None
     except (ConnectionError, OSError, ValueError) as err:
         raise JobsError(f"cannot reach the Ray dashboard at {address} ({type(err).__name__}); is the cluster up "
@@ -134,9 +168,22 @@ def _with_value(section: Any, dotted: str, value: Any) -> Any:
     return section.model_copy(update={head: new})
 
 
-def stage_job(cfg: Any, staging: Path) -> Path:
-    """Write `job.yaml` and the prompt files it names (under data/) into `staging`; returns the job file."""
-    text, copies = portable_job(cfg, "data")
+def _with_reward_names(cfg: Any, names: dict[int, str]) -> Any:
+    if not names:
+        return cfg
+    rewards = [spec.model_copy(update={"name": names[i]}) if i in names else spec
+               for i, spec in enumerate(cfg.reward.rewards)]
+    return cfg.model_copy(update={"reward": cfg.reward.model_copy(update={"rewards": rewards})})
+
+
+def stage_job(cfg: Any, staging: Path, shipment: Shipment | None = None) -> Path:
+    """Write `job.yaml`, the prompt files it names (under data/) and its file rewards (under rewards/, renamed in the
+    job) into `staging`; returns the job file."""
+    shipment = shipment or plan_rewards(cfg)
+    for name, source in shipment.files.items():
+        (staging / name).parent.mkdir(parents=True, exist_ok=True)
+        shutil.copyfile(source, staging / name)
+    text, copies = portable_job(_with_reward_names(cfg, shipment.names), "data")
     for name, source in copies.items():
         (staging / "data").mkdir(exist_ok=True)
         shutil.copyfile(source, staging / "data" / name)
@@ -180,17 +227,21 @@ def submit_job(job_path: str | Path, overrides: list[str], address: str | None, 
 
     Raises ConfigError for an invalid job (before any contact with the cluster) and JobsError for cluster-side
     failures."""
-    cfg = load_job(job_path, overrides)
+    cfg = load_job(job_path, overrides, local=False)  # the weights are on the cluster's storage
     pip = read_requirements(requirements) if requirements else None
     if not Path(cfg.output_dir).is_absolute():
         print(f"warning: output_dir '{cfg.output_dir}' is relative: the run's outputs land in the job's temporary "
               f"working directory on the head node and are lost with it; set output_dir to shared storage "
               f"(e.g. output_dir=/shared/runs)", file=sys.stderr)
+    shipment = plan_rewards(cfg, pip)
+    print_warnings(shipment)
     address = dashboard_address(address)
     submission_id = submission_id or default_submission_id(cfg.name)
     with tempfile.TemporaryDirectory(prefix="diffrl-submit-") as staging:
-        stage_job(cfg, Path(staging))
+        stage_job(cfg, Path(staging), shipment)
         env = runtime_env(Path(staging), pip, ship_code)
+        if shipment.py_modules:  # local reward modules (pkg.module:factory from this machine's working tree)
+            env["py_modules"] = env.get("py_modules", []) + shipment.py_modules
         # The working dir and py_modules are uploaded during submit_job, so the staging dir may go afterwards.
         return _on_job(address, submission_id, lambda client: client.submit_job(
             entrypoint=ENTRYPOINT, runtime_env=env, submission_id=submission_id, metadata={"diffrl_job": cfg.name}))

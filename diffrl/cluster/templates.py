@@ -206,7 +206,7 @@ def render_template(kind: str, cfg: Any, *, job_file: str, image: str = DEFAULT_
 
 def cmd_cluster_template(args: argparse.Namespace) -> int:
     try:
-        cfg = load_job(args.job)
+        cfg = load_job(args.job, local=False)
         text = render_template(args.kind, cfg, job_file=args.job, image=args.image, nodes=args.nodes,
                                gpus_per_node=args.gpus_per_node, cpus_per_node=args.cpus_per_node,
                                open_dashboard=args.open_dashboard, provider=args.provider)

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from diffrl.platform.config import ConfigError, JobConfig, read_job_file, validate_job
+from diffrl.platform.config import ConfigError, JobConfig, Origins, origin_of, read_job, validate_job
 from diffrl.platform.kind import JobKind
 from diffrl.platform.roles import check_colocation
 
@@ -29,16 +29,18 @@ def kind_of(cfg: JobConfig) -> JobKind:
     return get_kind(cfg.kind)
 
 
-def parse_job(data: dict, source: str = "<dict>") -> JobConfig:
-    """Validate a job dict completely — its kind's config, then the roles it derives (colocation) — and raise
-    ConfigError naming every bad key path before any work starts."""
+def parse_job(data: dict, source: str = "<dict>", origins: Origins | None = None, local: bool = True) -> JobConfig:
+    """Validate a job dict completely — its kind's config, the roles it derives (colocation), then the kind's deep
+    checks (weights, rewards, prompts) — and raise ConfigError naming every bad key path (with `origins`, the file
+    line or override it came from) before any work starts. `local=False` (submitting, rendering cluster files)
+    skips what only the cluster has: model weights on its storage."""
     if not isinstance(data, dict):
         raise ConfigError(f"{source}: a job file must be a mapping of keys, got {type(data).__name__}")
     name = data.get("kind", "rl")
     if name not in KINDS:
         raise ConfigError(f"invalid job config ({source}):\n  kind: got {name!r}; allowed: {sorted(KINDS)}")
     kind = KINDS[name]
-    cfg = validate_job(kind.config, {**data, "kind": name}, source)
+    cfg = validate_job(kind.config, {**data, "kind": name}, source, origins)
     try:
         specs = kind.roles(cfg)
         check_colocation(specs, cfg.ray.colocate)
@@ -49,12 +51,21 @@ def parse_job(data: dict, source: str = "<dict>") -> JobConfig:
                                  f"backend: ray")
     except ValueError as err:
         raise ConfigError(f"invalid job config ({source}):\n  {err}") from None
+    problems = kind.check(cfg, local)
+    if problems:
+        lines = []
+        for problem in problems:
+            key = problem.partition(":")[0]
+            path = tuple(int(part) if part.isdigit() else part for part in key.split("."))
+            lines.append(f"  {problem}{origin_of(origins, path)}")
+        raise ConfigError(f"invalid job config ({source}):\n" + "\n".join(lines))
     return cfg
 
 
-def load_job(path: str | Path, overrides: list[str] | None = None) -> JobConfig:
-    """Read a YAML job file, apply dotted overrides and validate it."""
-    return parse_job(read_job_file(path, overrides), source=str(path))
+def load_job(path: str | Path, overrides: list[str] | None = None, local: bool = True) -> JobConfig:
+    """Read a YAML job file, apply dotted overrides and validate it (`local=False`: for a cluster, see parse_job)."""
+    data, origins = read_job(path, overrides)
+    return parse_job(data, source=str(path), origins=origins, local=local)
 
 
 from diffrl.kinds import adversarial, dllm_decode, pretrain, rl, solver_tune  # noqa: E402  (the built-in kinds, one line each)

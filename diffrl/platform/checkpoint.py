@@ -23,6 +23,7 @@ import hashlib
 import json
 import os
 import shutil
+import sys
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -149,7 +150,7 @@ def commit(tmp: Path, step: int, keep: int = 0) -> Path:
     `keep` checkpoints (0 keeps all). An existing checkpoint of the same step is replaced only after the new one is
     complete."""
     files = sorted(p for p in tmp.iterdir() if p.is_file())
-    manifest = {"format": FORMAT, "step": step,
+    manifest = {"format": FORMAT, "step": step, "learner_ranks": len(_learner_ranks(p.name for p in files)),
                 "files": {p.name: {"bytes": p.stat().st_size, "sha256": _sha256(p)} for p in files}}
     (tmp / MANIFEST).write_text(json.dumps(manifest, indent=1))
     for path in [*files, tmp / MANIFEST]:
@@ -179,8 +180,22 @@ def list_checkpoints(run_dir: Path) -> list[Path]:
     return sorted(found, key=lambda p: int(p.name[len(PREFIX):]))
 
 
+def _learner_ranks(names) -> list[int]:
+    """The learner ranks whose state files are among `names`, sorted."""
+    return sorted({int(n[len("learner_rank"):].partition(".")[0]) for n in names
+                   if n.startswith("learner_rank") and n[len("learner_rank"):].partition(".")[0].isdigit()})
+
+
+def _safe_name(name: str) -> bool:
+    """A manifest entry must be a plain file name inside the checkpoint directory."""
+    return (bool(name) and name not in (".", "..") and "/" not in name and "\\" not in name and "\0" not in name
+            and not Path(name).is_absolute())
+
+
 def verify(directory: Path) -> dict[str, Any]:
-    """The manifest of a committed checkpoint after checking every file it lists; CheckpointError otherwise."""
+    """The manifest of a committed checkpoint after checking every file it lists; CheckpointError otherwise. Entries
+    must be plain file names (nothing outside the directory is read), and every learner rank the manifest counts
+    must have both of its state files listed. Files on disk the manifest does not list are reported (never read)."""
     manifest_path = directory / MANIFEST
     if not manifest_path.is_file():
         raise CheckpointError(f"checkpoint {directory} is incomplete: {MANIFEST} is missing (a partial write?); "
@@ -194,6 +209,22 @@ def verify(directory: Path) -> dict[str, Any]:
         raise CheckpointError(f"checkpoint {directory}: {MANIFEST} is unreadable ({type(err).__name__}: {err})") from None
     if manifest.get("format") != FORMAT:
         raise CheckpointError(f"checkpoint {directory}: format {manifest.get('format')!r}, this version reads {FORMAT}")
+    unsafe = sorted(name for name in entries if not _safe_name(name))
+    if unsafe:
+        raise CheckpointError(f"checkpoint {directory}: {MANIFEST} names files outside the checkpoint directory "
+                              f"({', '.join(map(repr, unsafe))}); it will not be loaded")
+    listed_ranks = _learner_ranks(entries)
+    ranks = manifest.get("learner_ranks", len(listed_ranks))
+    if not isinstance(ranks, int) or ranks < 1:
+        raise CheckpointError(f"checkpoint {directory}: {MANIFEST} has learner_ranks={ranks!r}")
+    for rank in range(ranks):
+        for suffix in ("safetensors", "json"):
+            if f"learner_rank{rank}.{suffix}" not in entries:
+                raise CheckpointError(f"checkpoint {directory} is incomplete: learner rank {rank} of {ranks} has no "
+                                      f"learner_rank{rank}.{suffix} in {MANIFEST}")
+    if listed_ranks != list(range(ranks)):
+        raise CheckpointError(f"checkpoint {directory}: {MANIFEST} lists learner ranks {listed_ranks}, expected "
+                              f"0-{ranks - 1}")
     for name, (size, digest) in entries.items():
         path = directory / name
         if not path.is_file():
@@ -203,6 +234,10 @@ def verify(directory: Path) -> dict[str, Any]:
                                   f"the manifest says {size}")
         if _sha256(path) != digest:
             raise CheckpointError(f"checkpoint {directory} is corrupt: {name} does not match its sha256 in {MANIFEST}")
+    unexpected = sorted(p.name for p in directory.iterdir() if p.name not in entries and p.name != MANIFEST)
+    if unexpected:
+        print(f"warning: checkpoint {directory} holds files its {MANIFEST} does not list, which are not read: "
+              f"{', '.join(unexpected)}", file=sys.stderr)
     return manifest
 
 
@@ -215,7 +250,12 @@ class Checkpoint:
     def trainer(self) -> dict[str, Any]:
         return json.loads((self.path / "trainer.json").read_text())
 
+    ranks: int = 1
+
     def learner_state(self, rank: int) -> Any:
+        if not 0 <= rank < self.ranks:
+            raise CheckpointError(f"checkpoint {self.path} holds {self.ranks} learner rank(s); rank {rank} has no "
+                                  f"state (the learner count cannot change on resume)")
         return read_state(self.path, f"learner_rank{rank}")
 
     def model_tensors(self) -> dict[str, torch.Tensor]:
@@ -235,4 +275,4 @@ def latest_checkpoint(run_dir: Path) -> Checkpoint | None:
     missing = [name for name in REQUIRED if name not in manifest["files"]]
     if missing:
         raise CheckpointError(f"checkpoint {found[-1]} is incomplete: its manifest lists no {', '.join(missing)}")
-    return Checkpoint(found[-1], int(manifest["step"]))
+    return Checkpoint(found[-1], int(manifest["step"]), len(_learner_ranks(manifest["files"])))

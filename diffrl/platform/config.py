@@ -9,6 +9,8 @@ from __future__ import annotations
 from pathlib import Path
 from typing import ClassVar, Literal
 
+import math
+
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
@@ -18,9 +20,10 @@ class ConfigError(ValueError):
 
 
 class Section(BaseModel):
-    """Base of every config section: unknown keys are errors, values are checked on assignment too."""
+    """Base of every config section: unknown keys are errors, floats must be finite, values are checked on assignment
+    too."""
 
-    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+    model_config = ConfigDict(extra="forbid", validate_assignment=True, allow_inf_nan=False)
 
 
 class RayConfig(Section):
@@ -94,7 +97,20 @@ class JobConfig(Section):
         return Path(self.output_dir) / self.name
 
 
-def format_validation_error(err: ValidationError, source: str) -> str:
+# Where each key of a job came from: {key path: "file:line" or "override 'a.b=c'"}; paths hold list indices as ints.
+Origins = dict[tuple, str]
+
+
+def origin_of(origins: Origins | None, loc: tuple) -> str:
+    """" (at file:line)" or " (from override 'k=v')" for the longest prefix of `loc` that has an origin, else ""."""
+    for end in range(len(loc), 0, -1):
+        if origins and loc[:end] in origins:
+            where = origins[loc[:end]]
+            return f" ({'from' if where.startswith('override') else 'at'} {where})"
+    return ""
+
+
+def format_validation_error(err: ValidationError, source: str, origins: Origins | None = None) -> str:
     lines = [f"invalid job config ({source}):"]
     for item in err.errors():
         path = ".".join(str(p) for p in item["loc"]) or "<root>"
@@ -103,48 +119,123 @@ def format_validation_error(err: ValidationError, source: str) -> str:
             message = "unknown key"
         elif item["type"] == "literal_error":
             message = f"got {item.get('input')!r}; {message}"
-        lines.append(f"  {path}: {message}")
+        elif item["type"] == "finite_number":
+            message = f"got {item.get('input')!r}; {message}"
+        lines.append(f"  {path}: {message}{origin_of(origins, tuple(item['loc']))}")
     return "\n".join(lines)
 
 
-def apply_overrides(data: dict, overrides: list[str]) -> dict:
-    """Apply `a.b.c=value` overrides (values parsed as YAML) to a nested dict, returning a new dict."""
+def _parse_value(override: str, raw: str):
+    try:
+        return yaml.safe_load(raw)
+    except yaml.YAMLError as err:
+        problem = getattr(err, "problem", None) or str(err).splitlines()[0]
+        raise ConfigError(f"override '{override}': the value is not valid YAML ({problem}); quote it, e.g. "
+                          f"'{override.partition('=')[0]}=\"...\"'") from None
+
+
+def apply_overrides(data: dict, overrides: list[str], origins: Origins | None = None) -> dict:
+    """Apply `a.b.c=value` overrides (values parsed as YAML) to a nested dict, returning a new dict. A value that
+    does not parse is a ConfigError naming the override; `origins`, when given, records each override's keys."""
     result = yaml.safe_load(yaml.safe_dump(data)) or {}
     for override in overrides:
         key, sep, raw = override.partition("=")
         if not sep or not key:
             raise ConfigError(f"override '{override}' must look like key.path=value")
-        node = result
-        parts = key.split(".")
-        for depth, part in enumerate(parts[:-1]):
-            child = node.setdefault(part, {})
-            if not isinstance(child, dict):
-                raise ConfigError(f"override '{override}': '{'.'.join(parts[: depth + 1])}' is not a section")
+        node, names = result, key.split(".")
+        parts: list = []
+        for depth, name in enumerate(names):
+            where = ".".join(names[: depth + 1])
+            if isinstance(node, list):
+                if not name.isdigit() or int(name) >= len(node):
+                    raise ConfigError(f"override '{override}': '{where}' is not an index of a list of {len(node)}")
+                part = int(name)
+            else:
+                part = name
+            parts.append(part)
+            if depth == len(names) - 1:
+                node[part] = _parse_value(override, raw)
+                break
+            child = node[part] if isinstance(node, list) else node.setdefault(part, {})
+            if not isinstance(child, (dict, list)):
+                raise ConfigError(f"override '{override}': '{where}' is not a section")
             node = child
-        node[parts[-1]] = yaml.safe_load(raw)
+        if origins is not None:
+            for path in [p for p in origins if p[: len(parts)] == tuple(parts)]:
+                del origins[path]
+            origins[tuple(parts)] = f"override '{override}'"
     return result
 
 
-def validate_job(config: type[JobConfig], data: dict, source: str = "<dict>") -> JobConfig:
-    """Validate a job dict against a kind's config class; raise ConfigError naming every bad key path."""
+def non_finite_floats(data, path: tuple = ()) -> list[tuple]:
+    """Key paths of every NaN or infinite float anywhere in a job dict (reward kwargs included)."""
+    if isinstance(data, float):
+        return [] if math.isfinite(data) else [path]
+    if isinstance(data, dict):
+        return [bad for key, value in data.items() for bad in non_finite_floats(value, (*path, key))]
+    if isinstance(data, list):
+        return [bad for index, value in enumerate(data) for bad in non_finite_floats(value, (*path, index))]
+    return []
+
+
+def validate_job(config: type[JobConfig], data: dict, source: str = "<dict>",
+                 origins: Origins | None = None) -> JobConfig:
+    """Validate a job dict against a kind's config class; raise ConfigError naming every bad key path (and, with
+    `origins`, the file line or override it came from). Every float anywhere must be finite."""
+    lines = [f"  {'.'.join(map(str, path))}: got a non-finite number; every number must be finite"
+             f"{origin_of(origins, path)}" for path in non_finite_floats(data)]
     try:
-        return config.model_validate(data)
+        cfg = config.model_validate(data)
     except ValidationError as err:
-        raise ConfigError(format_validation_error(err, source)) from None
+        found = format_validation_error(err, source, origins).splitlines()[1:]
+        lines += [line for line in found if line.partition(":")[0] not in {old.partition(":")[0] for old in lines}]
+    if lines:
+        raise ConfigError(f"invalid job config ({source}):\n" + "\n".join(lines))
+    return cfg
+
+
+def key_origins(text: str, source: str) -> Origins:
+    """{key path: "source:line"} of every key and list item of a YAML document (1-based lines)."""
+    origins: Origins = {}
+
+    def walk(node, path: tuple) -> None:
+        if isinstance(node, yaml.MappingNode):
+            for key, value in node.value:
+                child = (*path, key.value)
+                origins[child] = f"{source}:{key.start_mark.line + 1}"
+                walk(value, child)
+        elif isinstance(node, yaml.SequenceNode):
+            for index, item in enumerate(node.value):
+                child = (*path, index)
+                origins[child] = f"{source}:{item.start_mark.line + 1}"
+                walk(item, child)
+
+    walk(yaml.compose(text, Loader=yaml.SafeLoader), ())
+    return origins
+
+
+def read_job(path: str | Path, overrides: list[str] | None = None) -> tuple[dict, Origins]:
+    """A YAML job file as a dict with dotted overrides applied (not validated yet), and where each key came from.
+    The file must hold a mapping: an empty file, a list or a scalar is a ConfigError, not the default job."""
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError(f"job file not found: {path}")
+    text = path.read_text()
+    try:
+        data = yaml.safe_load(text)
+    except yaml.YAMLError as err:
+        raise ConfigError(f"{path}: not valid YAML: {err}") from None
+    if data is None:
+        raise ConfigError(f"{path}: the job file is empty; it must be a mapping of keys (at least `kind:`)")
+    if not isinstance(data, dict):
+        raise ConfigError(f"{path}: a job file must be a mapping of keys, got {type(data).__name__} {data!r:.40}")
+    origins = key_origins(text, str(path))
+    return apply_overrides(data, overrides or [], origins), origins
 
 
 def read_job_file(path: str | Path, overrides: list[str] | None = None) -> dict:
     """A YAML job file as a dict, with dotted overrides applied (not validated yet)."""
-    path = Path(path)
-    if not path.is_file():
-        raise ConfigError(f"job file not found: {path}")
-    try:
-        data = yaml.safe_load(path.read_text()) or {}
-    except yaml.YAMLError as err:
-        raise ConfigError(f"{path}: not valid YAML: {err}") from None
-    if not isinstance(data, dict):
-        raise ConfigError(f"{path}: a job file must be a mapping of keys, got {type(data).__name__}")
-    return apply_overrides(data, overrides or [])
+    return read_job(path, overrides)[0]
 
 
 def dump_job(config: JobConfig) -> str:

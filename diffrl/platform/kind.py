@@ -19,10 +19,14 @@ class JobKind:
     - `roles(cfg)`: the worker groups to start, in set-up order;
     - `run(ctx)`: the controller, given the live roles and the run directory; returns a summary dict;
     - `files(cfg)`: {dotted key: local path} of the input files the job reads, which `diffrl submit` ships with
-      the job (and renames under its data directory)."""
+      the job (and renames under its data directory);
+    - `check(cfg, local)`: deep checks a config class cannot make by itself (weights exist, rewards resolve, prompts
+      carry what the rewards need), as "key: message" lines; run by `--check` and before any work starts;
+      `local=False` when the job will run on a cluster (its weights live on the cluster's storage)."""
 
     name: str
     config: type[JobConfig]
     roles: Callable[[JobConfig], list[RoleSpec]]
     run: Callable[[RunContext], dict]
     files: Callable[[JobConfig], dict[str, str]] = lambda cfg: {}
+    check: Callable[[JobConfig, bool], list[str]] = lambda cfg, local: []

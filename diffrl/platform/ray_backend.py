@@ -92,13 +92,16 @@ class RayBackend:
     def get(self, futures: Sequence[Any], timeout: float | None = None) -> list[Any]:
         return ray.get(list(futures), timeout=timeout)
 
-    def wait_one(self, futures: Sequence[Any]) -> int:
-        ready, _ = ray.wait(list(futures), num_returns=1)
-        return list(futures).index(ready[0])
+    def wait_one(self, futures: Sequence[Any], timeout: float | None = None) -> int | None:
+        ready, _ = ray.wait(list(futures), num_returns=1, timeout=timeout)
+        return list(futures).index(ready[0]) if ready else None
 
     def kill(self, handles: Sequence[Any]) -> None:
         for handle in handles:
             ray.kill(handle)
+
+    def restart(self, handle: Any) -> None:
+        ray.kill(handle, no_restart=False)
 
     def is_lost(self, error: BaseException) -> bool:
         return isinstance(error, (ray.exceptions.RayActorError, ray.exceptions.ActorUnavailableError))

@@ -2,7 +2,28 @@
 
 from __future__ import annotations
 
+import logging
 import os
+
+# What Ray prints on every local start that is not ours to act on (shown with DIFFRL_VERBOSE=1): the notice that
+# token authentication is on (it is, by design: diffrl's local clusters use it whenever ~/.ray holds a token).
+RAY_NOISE = ("Token authentication is enabled for this Ray cluster",)
+
+
+class _DropRayNoise(logging.Filter):
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not record.getMessage().startswith(RAY_NOISE)
+
+
+def _quiet_ray() -> int:
+    """The driver's Ray log level (WARNING; INFO with DIFFRL_VERBOSE=1), with RAY_NOISE filtered on the logger that
+    emits it."""
+    if os.environ.get("DIFFRL_VERBOSE"):
+        return logging.INFO
+    emitter = logging.getLogger("ray._private.authentication.authentication_token_setup")
+    if not any(isinstance(f, _DropRayNoise) for f in emitter.filters):
+        emitter.addFilter(_DropRayNoise())
+    return logging.WARNING
 
 
 def _is_loopback(address: str) -> bool:
@@ -21,7 +42,8 @@ def _keep_loopback_addresses() -> None:
 
 
 def connect_ray(address: str | None = None, num_cpus: int = 8, num_gpus: int | None = None) -> None:
-    """Join `address` (or RAY_ADDRESS) if set; otherwise start a local cluster whose ports listen on loopback only.
+    """Join `address` (or RAY_ADDRESS) if set; otherwise start a local cluster whose ports listen on loopback only
+    (never one found through Ray's address file).
 
     Logical CPUs are a scheduling budget, not cores: a local cluster gets `num_cpus` so that every role's actors fit
     (measured: with num_cpus=2 a few 0.5-CPU actors plus a placement group never fit).
@@ -51,7 +73,12 @@ def connect_ray(address: str | None = None, num_cpus: int = 8, num_gpus: int | N
     # local cluster the workers are the whole job, and nice 15 costs ~15% step time on 2 cores (docs/benchmarks.md:
     # Ray overhead 1.18 -> 1.02). The raylet reads this when ray.init starts it; a user's own setting wins.
     os.environ.setdefault("RAY_worker_niceness", "0")
+    # address="local" always starts a new cluster: without it ray.init attaches to whatever cluster Ray's leftover
+    # address file (/tmp/ray/ray_current_cluster) names, e.g. a `ray start --head` stopped with Ctrl-C, and fails
+    # with "When connecting to an existing cluster, num_cpus and num_gpus must not be provided".
     ray.init(
+        address="local",
+        logging_level=_quiet_ray(),
         num_cpus=num_cpus,
         num_gpus=num_gpus,
         _node_ip_address="127.0.0.1",

@@ -19,7 +19,9 @@ class RoleSpec:
     - `collective`: the ranks form one process group; setup() receives `rendezvous` (a file store on one node, a
       TCP store on rank 0's node otherwise) and the ranks set up together;
     - `colocate_with`: put worker i on the resource bundle of worker i of that role (fractional GPUs);
-    - `runtime_env`: the Ray runtime environment of its workers (e.g. {"py_executable": ...}: another Python env).
+    - `runtime_env`: the Ray runtime environment of its workers (e.g. {"py_executable": ...}: another Python env);
+    - `call_timeout_s`: seconds one call may run; an overdue call's worker is restarted (a death, counted against
+      max_restarts) and the call re-sent (Ray backend; None waits forever).
     """
 
     name: str
@@ -33,6 +35,7 @@ class RoleSpec:
     collective: bool = False
     colocate_with: str | None = None
     runtime_env: dict[str, Any] = field(default_factory=dict)
+    call_timeout_s: float | None = None
 
     @property
     def workers(self) -> int:

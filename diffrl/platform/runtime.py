@@ -11,7 +11,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable
 
 from diffrl.platform.roles import RoleSpec, resource_pools
-from diffrl.platform.worker import LocalBackend, Placement, WorkerGroup, WorkerLost
+from diffrl.platform.worker import LocalBackend, Placement, WorkerGroup, WorkerLost, locate
 
 if TYPE_CHECKING:
     from diffrl.platform.checkpoint import Checkpoint
@@ -112,7 +112,7 @@ def start_roles(cfg: JobConfig, specs: list[RoleSpec]) -> Roles:
     try:
         for spec in specs:
             placement = Placement(spec.cpus, spec.gpus, spec.max_restarts, dict(spec.resources),
-                                  dict(spec.runtime_env))
+                                  dict(spec.runtime_env), spec.call_timeout_s if cfg.backend == "ray" else None)
             roles.groups[spec.name] = WorkerGroup(backends[spec.name], spec.worker_class(), list(spec.args), placement,
                                                   spec.display_name)
         _set_up(roles, specs)
@@ -128,8 +128,12 @@ def _set_up(roles: Roles, specs: list[RoleSpec]) -> None:
     for spec in ordered:
         group = roles[spec.name]
         extra = {"rendezvous": roles.rendezvous(group, f"{spec.name}_store")} if spec.collective else {}
-        futures += [group.setup_worker(rank, **extra) for rank in range(len(group))]
-    roles[ordered[0].name].get(futures)
+        futures += [(group, rank, group.setup_worker(rank, **extra)) for rank in range(len(group))]
+    for group, rank, future in futures:
+        try:
+            group.get([future])
+        except Exception as err:
+            raise locate(err, group.name, rank, "setup") from None
     for spec in specs:
         group = roles[spec.name]
         healths = group.run("health")

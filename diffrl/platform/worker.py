@@ -11,9 +11,10 @@ import os
 import time
 import uuid
 from dataclasses import dataclass, field
-from typing import Any, Callable, Iterator, Protocol, Sequence, runtime_checkable
+from typing import Any, Callable, Protocol, Sequence, runtime_checkable
 
 from diffrl.utils.net import free_port
+from diffrl.platform.calls import CallTimeout, Pending, describe_failure, locate  # noqa: F401  (re-exported)
 from diffrl.utils.rng import capture_rng, restore_rng
 
 
@@ -99,6 +100,9 @@ class Placement:
     max_restarts: int = 0
     resources: dict[str, float] = field(default_factory=dict)
     runtime_env: dict[str, Any] = field(default_factory=dict)  # Ray runtime environment (another Python env)
+    # Seconds one call may run (from when the worker starts it); an overdue call's worker is restarted and the call
+    # re-sent, so it never runs beside its retry (Ray backend; None waits forever).
+    call_timeout_s: float | None = None
 
 
 class Backend(Protocol):
@@ -108,9 +112,13 @@ class Backend(Protocol):
 
     def get(self, futures: Sequence[Any], timeout: float | None = None) -> list[Any]: ...
 
-    def wait_one(self, futures: Sequence[Any]) -> int: ...
+    def wait_one(self, futures: Sequence[Any], timeout: float | None = None) -> int | None:
+        """Index of a finished future; None when none finished within `timeout` seconds."""
 
     def kill(self, handles: Sequence[Any]) -> None: ...
+
+    def restart(self, handle: Any) -> None:
+        """Kill the worker's process so that it is restarted (it counts as a death)."""
 
     def is_lost(self, error: BaseException) -> bool:
         """True when `error` means the worker process died (rather than the method raising)."""
@@ -134,6 +142,15 @@ class WorkerLost(RuntimeError):
     def __init__(self, group: str, rank: int, detail: str) -> None:
         super().__init__(f"{group} worker {rank} died: {detail}")
         self.group, self.rank = group, rank
+
+
+@dataclass(eq=False)
+class Flight:
+    """A recovering call in flight on one worker: when it was sent, its future and method (for call timeouts)."""
+
+    sent: float
+    future: Any
+    method: str
 
 
 @dataclass
@@ -180,12 +197,15 @@ class LocalBackend:
             values.append(future.value)
         return values
 
-    def wait_one(self, futures: Sequence[Any]) -> int:
+    def wait_one(self, futures: Sequence[Any], timeout: float | None = None) -> int | None:
         """Index of a finished future (local calls finish when made: the first)."""
         return 0
 
     def kill(self, handles: Sequence[Any]) -> None:
         return None
+
+    def restart(self, handle: Any) -> None:
+        raise RuntimeError("in-process workers cannot be restarted")
 
     def is_lost(self, error: BaseException) -> bool:
         return False  # in-process workers cannot die on their own
@@ -235,6 +255,10 @@ class WorkerGroup:
         # the fresh worker to the state the others have (by default: setup; a job kind adds e.g. current weights).
         self.restore: Callable[[WorkerGroup, int], None] = lambda group, rank: group.get([group.setup_worker(rank)])
         self.restarts = [0] * len(self.handles)
+        # Recovering calls in flight per worker, in send order, across every Pending (a worker runs its calls one
+        # after another: the first is the one it is running), and when each worker last finished one.
+        self.flights: list[list[Flight]] = [[] for _ in self.handles]
+        self.last_done = [0.0] * len(self.handles)
         # The process each worker runs in, from health()["incarnation"] (None: not known yet).
         self.incarnations: list[str | None] = [None] * len(self.handles)
 
@@ -278,9 +302,46 @@ class WorkerGroup:
         return self.submit([Call(rank, method, args, kwargs) for rank in range(len(self))]).results()
 
     def submit(self, calls: Sequence[Call]) -> Pending:
+        futures, flights = [], []
         for c in calls:
             c.incarnation = self.incarnations[c.rank]
-        return Pending(self, list(calls), [self.call(c.rank, c.method, *c.args, **c.kwargs) for c in calls])
+            futures.append(self.call(c.rank, c.method, *c.args, **c.kwargs))
+            flights.append(Flight(time.monotonic(), futures[-1], c.method))
+            if self.placement.call_timeout_s is not None:  # only timed groups keep the books
+                self.flights[c.rank].append(flights[-1])
+        return Pending(self, list(calls), futures, flights)
+
+    # ------------------------------------------------------------------ call timeouts (Pending's bookkeeping)
+    def settle(self, rank: int, flight: Flight | None) -> None:
+        """`flight` finished (or failed): the worker's next call starts now."""
+        if flight in self.flights[rank]:
+            self.flights[rank].remove(flight)
+            self.last_done[rank] = time.monotonic()
+
+    def forget_flights(self, rank: int) -> None:
+        """The worker was restarted: every call in flight on it is lost (their Pendings send them again)."""
+        self.flights[rank].clear()
+        self.last_done[rank] = time.monotonic()
+
+    def _running(self, rank: int) -> Flight | None:
+        """The call worker `rank` is running: its oldest flight that is not finished (finished ones that their
+        Pending has not collected yet are settled here)."""
+        while self.flights[rank]:
+            head = self.flights[rank][0]
+            if self.backend.wait_one([head.future], timeout=0) is None:
+                return head
+            self.settle(rank, head)
+        return None
+
+    def running_deadline(self, rank: int, timeout: float) -> float:
+        """When the call worker `rank` is running times out (from when it started: sent, or the previous call
+        finished); infinity when it runs none."""
+        head = self._running(rank)
+        return float("inf") if head is None else max(head.sent, self.last_done[rank]) + timeout
+
+    def running_method(self, rank: int) -> str:
+        head = self._running(rank)
+        return head.method if head is not None else "a call"
 
     def note_health(self, healths: Sequence[dict[str, Any]]) -> None:
         """Remember each worker's incarnation from a `run("health")`."""
@@ -321,40 +382,6 @@ class WorkerGroup:
 
     def shutdown(self) -> None:
         self.backend.kill(self.handles)
-
-
-class Pending:
-    """Calls sent to a group's workers and not yet collected. `as_completed()` yields (index, result) as calls
-    finish; `results()` returns them in call order. A call lost to a worker's death — during the call, or before it
-    while idle (the restarted worker raises NotReady) — is sent again after the worker was restored."""
-
-    def __init__(self, group: WorkerGroup, calls: list[Call], futures: list[Any]) -> None:
-        self.group, self.calls, self.futures = group, calls, futures
-
-    def __len__(self) -> int:
-        return len(self.calls)
-
-    def as_completed(self) -> Iterator[tuple[int, Any]]:
-        group = self.group
-        pending = dict(enumerate(self.futures))
-        while pending:
-            keys = list(pending)
-            index = keys[group.backend.wait_one([pending[k] for k in keys])]
-            try:
-                result = group.get([pending[index]])[0]
-            except Exception as err:  # noqa: BLE001 - only a lost worker is handled; anything else re-raises
-                if not group.worker_lost(err):
-                    raise
-                call = self.calls[index]
-                group.recover(call.rank, err, call.incarnation)
-                pending[index] = group.submit([call]).futures[0]
-                continue
-            del pending[index]
-            yield index, result
-
-    def results(self) -> list[Any]:
-        done: dict[int, Any] = dict(self.as_completed())
-        return [done[i] for i in range(len(self.calls))]
 
 
 def split_evenly(items: Sequence[Any], num_shards: int) -> list[list[Any]]:

@@ -4,11 +4,12 @@ from __future__ import annotations
 
 from diffrl.envs.shapes import COLORS
 from diffrl.rewards.base import register_reward
-from diffrl.rewards.geneval import GenEvalReward
+from diffrl.rewards.ocr import ocr_prompt_problem
+from diffrl.rewards.geneval import GenEvalReward, geneval_prompt_problem
 from diffrl.rewards.shapes_detector import ShapesColorClassifier, ShapesDetector
 
 
-@register_reward("geneval_shapes")
+@register_reward("geneval_shapes", prompt_check=geneval_prompt_problem)
 def geneval_shapes(score: str = "partial") -> GenEvalReward:
     """GenEval's rules on the shapes world: the exact per-cell detector, colors classified among the world's palette.
     `score`: "partial" (Flow-GRPO's partial credit) or "strict" as the training signal."""
@@ -47,7 +48,7 @@ def jpeg_compressibility(quality: int = 95, sign: float = 1.0) -> JpegCompressib
     return JpegCompressibility(quality, sign)
 
 
-@register_reward("ocr")
+@register_reward("ocr", prompt_check=ocr_prompt_problem)
 def ocr(use_angle_cls: bool = False):
     """Flow-GRPO's OCR reward (rapidocr-onnxruntime, models inside its wheel); target text between double quotes."""
     from diffrl.rewards.ocr import OcrReward
@@ -55,7 +56,7 @@ def ocr(use_angle_cls: bool = False):
     return OcrReward(use_angle_cls)
 
 
-@register_reward("pickscore")
+@register_reward("pickscore", paths=("path", "processor_path"))
 def pickscore(path: str, processor_path: str | None = None, dtype: str = "fp32", batch_size: int = 16):
     """PickScore from a local CLIP directory: logit_scale.exp() * cosine / 26."""
     from diffrl.rewards.pickscore import PickScoreReward
@@ -63,7 +64,7 @@ def pickscore(path: str, processor_path: str | None = None, dtype: str = "fp32",
     return PickScoreReward(path, processor_path, dtype, batch_size)
 
 
-@register_reward("geneval")
+@register_reward("geneval", prompt_check=geneval_prompt_problem, paths=("detector_path", "clip_path"))
 def geneval(detector_path: str, clip_path: str, score: str = "partial", device: str | None = None):
     """GenEval for natural images: Mask2Former (instance segmentation) and CLIP colors from local directories."""
     from diffrl.rewards.geneval_natural import geneval_natural
@@ -71,7 +72,7 @@ def geneval(detector_path: str, clip_path: str, score: str = "partial", device: 
     return geneval_natural(detector_path, clip_path, score, device)
 
 
-@register_reward("vlm_judge")
+@register_reward("vlm_judge", paths=("path",))
 def vlm_judge(path: str, backend: str = "auto", question: str | None = None):
     """P(yes) of a vision-language judge asked whether the image shows the prompt (vLLM on GPUs, in replicas that
     run in a vLLM environment given by the reward's `python:`; transformers elsewhere)."""

@@ -72,6 +72,35 @@ def _position_target(req: dict, index: int) -> tuple[str, int]:
     return relation, target
 
 
+def geneval_prompt_problem(entry: dict) -> str | None:
+    """What a prompt entry lacks for GenEval (None when nothing): a string "tag" and a non-empty "include" list of
+    clauses, each with a string "class" and a positive int "count", a string "color" if any, and a "position"
+    [relation, index of an earlier clause] if any; "exclude" clauses need "class" and "count" too."""
+    if not isinstance(entry.get("tag"), str):
+        return "GenEval needs a string 'tag' (e.g. counting, colors, position)"
+    include = entry.get("include")
+    if not isinstance(include, list) or not include:
+        return "GenEval needs a non-empty 'include' list of clauses"
+    for key in ("include", "exclude"):
+        clauses = entry.get(key) or []
+        if not isinstance(clauses, list):
+            return f"'{key}' must be a list of clauses, got {type(clauses).__name__}"
+        for index, clause in enumerate(clauses):
+            if not isinstance(clause, dict) or not isinstance(clause.get("class"), str):
+                return f"{key}[{index}] needs a string 'class'"
+            count = clause.get("count")
+            if isinstance(count, bool) or not isinstance(count, int) or count < 1:
+                return f"{key}[{index}] needs a positive int 'count', got {count!r}"
+            if "color" in clause and not isinstance(clause["color"], str):
+                return f"{key}[{index}].color must be a string"
+            if "position" in clause:
+                position = clause["position"]
+                if (not isinstance(position, list) or len(position) != 2 or not isinstance(position[0], str)
+                        or not isinstance(position[1], int) or not 0 <= position[1] < index):
+                    return f"{key}[{index}].position must be [relation, index of an earlier clause], got {position!r}"
+    return None
+
+
 def _first_failed_relation(group: list[Detection], targets: list[Detection], relation: str) -> set[str] | None:
     """The relations found for the first (object, target) pair that lacks `relation`, or None if every pair has it."""
     for obj in group:

@@ -26,6 +26,12 @@ def ocr_target(prompt: str) -> str:
     return match.group(1)
 
 
+def ocr_prompt_problem(entry: dict) -> str | None:
+    """What a prompt entry lacks for OCR: target text between double quotes in its prompt."""
+    match = _QUOTED.search(str(entry.get("prompt") or ""))
+    return None if match and match.group(1).strip() else "OCR needs the target text between double quotes"
+
+
 def _normalize(text: str) -> str:
     return text.replace(" ", "").lower()
 

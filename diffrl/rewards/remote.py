@@ -76,7 +76,8 @@ def serve_reward(reward: Callable, name: str, host: str = "127.0.0.1", port: int
     Scoring is serialized with a lock (rewards need not be thread-safe); requests are parsed concurrently.
     """
     if host not in LOOPBACK and not token:
-        raise ValueError(f"serve-reward: refusing to listen on {host} without a shared token (--token); "
+        raise ValueError(f"serve-reward: refusing to listen on {host} without a shared token (DIFFRL_REWARD_TOKEN or "
+                         "--token-file); "
                          "only 127.0.0.1 may be served without one")
     lock = threading.Lock()
 
@@ -137,18 +138,34 @@ def serve_reward(reward: Callable, name: str, host: str = "127.0.0.1", port: int
     return server
 
 
+def read_token_file(path: str) -> str:
+    """A shared token from a file (first line, stripped); errors name the file, never the token."""
+    from pathlib import Path
+
+    file = Path(path).expanduser()
+    if not file.is_file():
+        raise RewardError(f"token file not found: {file}")
+    token = file.read_text().strip().splitlines()[0].strip() if file.read_text().strip() else ""
+    if not token:
+        raise RewardError(f"token file {file} is empty")
+    return token
+
+
 def _jsonable(details: dict) -> dict:
     return {k: [v.item() if isinstance(v, np.generic) else v for v in values] for k, values in details.items()}
 
 
 class RemoteReward:
-    """A reward served over HTTP (by `diffrl serve-reward` or anything speaking the same JSON)."""
+    """A reward served over HTTP (by `diffrl serve-reward` or anything speaking the same JSON). The token comes from
+    `token` (Python callers), the file `token_file`, or DIFFRL_REWARD_TOKEN; job files never hold it (they are
+    copied into run directories and shipped with cluster jobs)."""
 
-    def __init__(self, url: str, token: str | None = None, timeout_s: float = 60.0, image_format: str = "raw") -> None:
+    def __init__(self, url: str, token: str | None = None, timeout_s: float = 60.0, image_format: str = "raw",
+                 token_file: str | None = None) -> None:
         import os
 
         self.url = url.rstrip("/")
-        self.token = token or os.environ.get("DIFFRL_REWARD_TOKEN")
+        self.token = token or (read_token_file(token_file) if token_file else os.environ.get("DIFFRL_REWARD_TOKEN"))
         self.timeout_s = timeout_s
         self.image_format = image_format
 

@@ -10,8 +10,8 @@ from __future__ import annotations
 
 import contextlib
 import copy
-import os
 import math
+import os
 from typing import Any, Callable
 
 import torch
@@ -26,6 +26,7 @@ from diffrl.models.registry import apply_lora, build_model_from_config, load_tra
 from diffrl.utils.collective_sync import BroadcastChannel, BucketLayout
 from diffrl.utils.weight_sync import DEFAULT_BUCKET_MB, WeightPayload, pack
 from diffrl.workers.batch import RolloutBatch
+from diffrl.workers.finite import check_gradients, check_loss, check_weights
 from diffrl.workers.objectives import build_objective
 
 
@@ -81,6 +82,8 @@ class LearnerWorker(WorkerBase):
         os.environ.update(RANK=str(self.rank), LOCAL_RANK="0", WORLD_SIZE=str(self.world_size))
         if self.rendezvous.startswith("file://"):
             pin_loopback_interfaces()
+        if not torch.cuda.is_available():  # name the accelerator: auto-detection warns on every CPU start
+            os.environ.setdefault("DS_ACCELERATOR", "cpu")
         import deepspeed
         import deepspeed.ops
 
@@ -206,11 +209,14 @@ class LearnerWorker(WorkerBase):
                 else:
                     part_cond = select_conditioning(cond, part["index"])
                 loss, stats = self.objective.loss(self, part, part_cond)
+                check_loss(loss, step, self.rank, f"pass {done + 1} of {passes}, rows from {start}")
                 self.engine.backward(loss)
                 if done + 1 < passes:
                     self.objective.ascend(part, rows, sl, self._loss_scale())
                 if self.engine.is_gradient_accumulation_boundary():
                     grad_norm = self._grad_norm()
+                    if not self.engine.fp16_enabled():  # fp16 overflow is the loss scaler's to handle
+                        check_gradients(self.engine.module, grad_norm, step, self.rank)
                 self.engine.step()
                 weight = len(part["index"]) / count / passes
                 for key, value in {"loss": loss.detach(), **stats}.items():
@@ -222,6 +228,9 @@ class LearnerWorker(WorkerBase):
                     ema_update_(tracked, self._params, decay(step))
         self.version += 1
         totals["grad_norm"] = float(self.engine.get_global_grad_norm() or grad_norm)
+        if not self.engine.fp16_enabled():
+            check_gradients(self.engine.module, totals["grad_norm"], step, self.rank, applied=True)
+        check_weights(self.engine.module, step, self.rank)
         return totals
 
     def _loss_scale(self) -> float:

@@ -9,8 +9,12 @@ from typing import Any, Sequence
 
 import numpy as np
 
-from diffrl.rewards.base import RewardError, RewardOutput, build_reward, validate_reward_output
+from diffrl.rewards.base import RewardError, RewardOutput, RewardOutputError, build_reward, validate_reward_output
 from diffrl.platform.worker import WorkerBase
+
+
+class RewardTimeout(RewardError):
+    """An in-process reward call ran past its timeout_s (it cannot be stopped, so it is not retried)."""
 
 
 class RewardWorker(WorkerBase):
@@ -35,7 +39,10 @@ class RewardWorker(WorkerBase):
             try:
                 raw = pool.submit(self.rewards[name], images, prompts, metadata).result(timeout=timeout)
             except FutureTimeout:
-                raise TimeoutError(f"no answer within {timeout:g} s") from None
+                # The call cannot be stopped in this process: fail without retrying beside it.
+                raise RewardTimeout(f"reward '{name}' gave no answer within timeout_s={timeout:g} s (in-process "
+                                  f"workers cannot stop a hung call, so it is not retried; on Ray the replica is "
+                                  f"restarted instead)") from None
             finally:
                 pool.shutdown(wait=False)
         return validate_reward_output(name, raw, len(prompts))
@@ -46,6 +53,8 @@ class RewardWorker(WorkerBase):
         for attempt in range(attempts):
             try:
                 return self._attempt(spec, images, prompts, metadata)
+            except (RewardOutputError, RewardTimeout):
+                raise  # a wrong return type is a bug in the reward, a hung call still runs: no retry beside them
             except Exception as err:  # noqa: BLE001 - every failure is retried, then reported by name
                 cause = err
                 if attempt + 1 < attempts:

@@ -19,4 +19,10 @@ def _files(cfg: AdversarialJobConfig) -> dict[str, str]:
     return {"data.captions": cfg.data.captions} if cfg.data.source == "image_folder" and cfg.data.captions else {}
 
 
-KIND = JobKind("adversarial", AdversarialJobConfig, adversarial_roles, _run, _files)
+def _check(cfg: AdversarialJobConfig, local: bool) -> list[str]:
+    from diffrl.kinds.checks import model_problems
+
+    return model_problems(cfg.model.name, cfg.model.path) if local else []
+
+
+KIND = JobKind("adversarial", AdversarialJobConfig, adversarial_roles, _run, _files, _check)

@@ -15,4 +15,10 @@ def _run(ctx):
     return run(ctx)
 
 
-KIND = JobKind("pretrain", PretrainJobConfig, pretrain_roles, _run)
+def _check(cfg: PretrainJobConfig, local: bool) -> list[str]:
+    from diffrl.kinds.checks import model_problems
+
+    return model_problems(cfg.model.name, cfg.model.path) if local else []
+
+
+KIND = JobKind("pretrain", PretrainJobConfig, pretrain_roles, _run, check=_check)

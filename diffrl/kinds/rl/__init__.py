@@ -21,4 +21,10 @@ def _files(cfg: RLJobConfig) -> dict[str, str]:
     return files
 
 
-KIND = JobKind("rl", RLJobConfig, rl_roles, _run, _files)
+def _check(cfg, local: bool) -> list[str]:
+    from diffrl.kinds.checks import rl_problems
+
+    return rl_problems(cfg, local)
+
+
+KIND = JobKind("rl", RLJobConfig, rl_roles, _run, _files, _check)

@@ -202,7 +202,9 @@ class RewardSpec(Section):
     weight: float = 1.0
     kwargs: dict[str, Any] = {}
     retries: int = Field(2, ge=0, description="extra attempts after a failure (exception, bad output, timeout)")
-    timeout_s: float | None = Field(None, gt=0, description="seconds one call may take; None waits forever")
+    timeout_s: float | None = Field(300.0, gt=0, description="seconds one call may take (None waits forever); on Ray "
+                                    "an overdue replica is restarted (counted in reward.max_restarts) and the batch "
+                                    "re-sent, so the hung call never runs beside its retry")
     backoff_s: float = Field(0.5, ge=0, description="wait before retry i is backoff_s * 2**i")
     num_workers: int | None = Field(None, ge=1, description="replicas of this reward (None: reward.num_workers)")
     cpus_per_worker: float | None = Field(None, gt=0, description="None: reward.cpus_per_worker")

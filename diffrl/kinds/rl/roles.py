@@ -18,16 +18,22 @@ def reward_role(index: int) -> str:
     return f"reward{index}"
 
 
-def reward_roles(reward: RewardConfig) -> list[RoleSpec]:
-    """reward0, reward1, ...: one group per reward of the job, each on its own resources (any kind with rewards)."""
+def reward_roles(reward: RewardConfig, backend: str) -> list[RoleSpec]:
+    """reward0, reward1, ...: one group per reward of the job, each on its own resources (any kind with rewards).
+    On Ray a reward's timeout_s is its group's call timeout (an overdue replica is restarted and the batch re-sent,
+    so a hung call never runs beside its retry); in-process (backend: local) the worker times the call itself."""
     specs = []
     for index, spec in enumerate(reward.rewards):
         workers = spec.num_workers or reward.num_workers
+        worker_spec = spec.model_dump()
+        if backend == "ray":
+            worker_spec["timeout_s"] = None
         specs.append(RoleSpec(
-            reward_role(index), REWARD, (([spec.model_dump()],),) * workers,
+            reward_role(index), REWARD, (([worker_spec],),) * workers,
             spec.cpus_per_worker or reward.cpus_per_worker, spec.gpus_per_worker,
             dict(spec.resources if spec.resources is not None else reward.resources), reward.max_restarts,
-            label=f"reward '{spec.name}'", runtime_env={"py_executable": spec.python} if spec.python else {}))
+            label=f"reward '{spec.name}'", runtime_env={"py_executable": spec.python} if spec.python else {},
+            call_timeout_s=spec.timeout_s if backend == "ray" else None))
     return specs
 
 
@@ -38,7 +44,7 @@ def rl_roles(cfg: RLJobConfig) -> list[RoleSpec]:
     specs = [RoleSpec("rollout", ROLLOUT, ((model, rollout, store_trajectory),) * cfg.rollout.num_workers,
                       cfg.rollout.cpus_per_worker, cfg.rollout.gpus_per_worker, dict(cfg.rollout.resources),
                       cfg.rollout.max_restarts)]
-    specs += reward_roles(cfg.reward)
+    specs += reward_roles(cfg.reward, cfg.backend)
     ranks = cfg.learner.num_workers
     samples_per_rank = cfg.rollout.prompts_per_step * cfg.rollout.group_size // ranks
     specs.append(RoleSpec("learner", LEARNER,

@@ -20,4 +20,10 @@ def _files(cfg: SolverTuneJobConfig) -> dict[str, str]:
             if (value := getattr(cfg.data, key)) is not None}
 
 
-KIND = JobKind("solver_tune", SolverTuneJobConfig, solver_tune_roles, _run, _files)
+def _check(cfg, local: bool) -> list[str]:
+    from diffrl.kinds.checks import rl_problems
+
+    return rl_problems(cfg, local)
+
+
+KIND = JobKind("solver_tune", SolverTuneJobConfig, solver_tune_roles, _run, _files, _check)

@@ -22,4 +22,4 @@ def solver_tune_roles(cfg: SolverTuneJobConfig) -> list[RoleSpec]:
     specs = [RoleSpec("rollout", ROLLOUT, ((model, rollout_settings(cfg), False),) * cfg.rollout.num_workers,
                       cfg.rollout.cpus_per_worker, cfg.rollout.gpus_per_worker, dict(cfg.rollout.resources),
                       cfg.rollout.max_restarts)]
-    return specs + reward_roles(cfg.reward)
+    return specs + reward_roles(cfg.reward, cfg.backend)
