@@ -1,9 +1,10 @@
-"""Load test of a served reward on loopback: 8 concurrent clients x 500 requests against `diffrl serve-reward`.
+"""Load test of a served reward on loopback: 8 concurrent clients x 500 requests against `diffrl serve-reward` (Ray
+Serve, FastAPI ingress, its default limits).
 
 Each request carries 4 images (64x64) and prompts that name the client and request; the served reward echoes its
 prompts, so every response is checked to answer exactly its own request. Reports lost, duplicated and crossed
 responses (target: zero), throughput and p50/p99 latency into docs/benchmarks.md (section "Reward server load").
-Usage: .venv/bin/python benchmarks/reward_load.py [--clients 8] [--requests 500]
+Usage: .venv/bin/python benchmarks/reward_load.py [--clients 8] [--requests 500] [--replicas 2]
 """
 
 from __future__ import annotations
@@ -40,11 +41,13 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--clients", type=int, default=8)
     parser.add_argument("--requests", type=int, default=500)
+    parser.add_argument("--replicas", type=int, default=2)
     args = parser.parse_args()
     port = free_port()
     server = subprocess.Popen(
         [sys.executable, "-m", "diffrl.cli", "serve-reward", "benchmarks/echo_reward.py:echo_brightness",
-         "--port", str(port)], cwd=REPO, stdout=subprocess.PIPE, text=True)
+         "--port", str(port), "--replicas", str(args.replicas), "--cpus-per-replica", "0.5"], cwd=REPO,
+        stdout=subprocess.PIPE, text=True)
     url = f"http://127.0.0.1:{port}"
     try:
         server.stdout.readline()
@@ -89,14 +92,15 @@ def main() -> None:
         wall = time.perf_counter() - start
     finally:
         server.terminate()
-        server.wait(timeout=10)
+        server.wait(timeout=60)
     total = args.clients * args.requests
     counts = Counter(answered)
     duplicated = sum(c - 1 for c in counts.values() if c > 1)
     lost = total - len(counts)
     p50, p99 = np.percentile(latencies, [50, 99]) * 1000 if latencies else (float("nan"), float("nan"))
     text = (
-        f"`diffrl serve-reward` (stdlib threading HTTP server, JSON with raw uint8 images) on 127.0.0.1, "
+        f"`diffrl serve-reward` (Ray Serve, {args.replicas} replicas of 0.5 CPU behind a FastAPI ingress, default "
+        f"limits; JSON with raw uint8 images) on 127.0.0.1, "
         f"{args.clients} concurrent clients x {args.requests} requests, 4 images of 64x64 per request, "
         f"{os.cpu_count()} CPU cores.\n\n"
         "| requests | answered | lost | duplicated | crossed | failed | throughput (req/s) | p50 (ms) | p99 (ms) |\n"

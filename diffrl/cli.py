@@ -89,28 +89,45 @@ def cmd_pretrain(args: argparse.Namespace) -> int:
 
 
 def cmd_serve_reward(args: argparse.Namespace) -> int:
+    """The reward service on Ray Serve (cluster/reward_serve.py); Ctrl-C stops it."""
     import json
+    import signal
     import threading
 
-    from diffrl.rewards.base import RewardError, build_reward
-    from diffrl.rewards.remote import read_token_file, serve_reward
+    from diffrl.cluster.reward_service import Limits
+    from diffrl.rewards.base import RewardError, check_reward
+    from diffrl.rewards.remote import read_token_file
 
     try:
         kwargs = json.loads(args.kwargs)
-        reward = build_reward(args.reward, **kwargs)
+        if not isinstance(kwargs, dict):
+            raise ValueError("--kwargs must be a JSON object")
+        check_reward(args.reward, kwargs)
         # The token never comes from argv (visible to every user through `ps`): a file or the environment.
         token = read_token_file(args.token_file) if args.token_file else os.environ.get("DIFFRL_REWARD_TOKEN")
-        server = serve_reward(reward, args.reward, host=args.host, port=args.port, token=token)
+        limits = Limits(max_body_bytes=int(args.max_body_mb * (1 << 20)), max_images=args.max_images,
+                        max_pixels=args.max_pixels, max_concurrent=args.max_concurrent, max_queued=args.max_queued,
+                        body_timeout_s=args.body_timeout_s, request_timeout_s=args.request_timeout_s,
+                        idle_timeout_s=args.idle_timeout_s)
+        from diffrl.cluster.reward_serve import start_service, stop_service
+
+        url = start_service(args.reward, kwargs, host=args.host, port=args.port, token=token, replicas=args.replicas,
+                            cpus_per_replica=args.cpus_per_replica, gpus_per_replica=args.gpus_per_replica,
+                            limits=limits)
     except (RewardError, ValueError, OSError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
-    host, port = server.server_address[:2]
-    print(f"serving reward '{args.reward}' on http://{host}:{port} (POST /score, GET /health"
+    print(f"serving reward '{args.reward}' on {url} (POST /score, GET /health; {args.replicas} replica(s)"
           f"{', token required' if token else ''}); Ctrl-C stops", flush=True)
+
+    def interrupt(*_: object) -> None:
+        raise KeyboardInterrupt
+
+    signal.signal(signal.SIGTERM, interrupt)  # `kill` stops the service and its local Ray cluster too
     try:
         threading.Event().wait()
     except KeyboardInterrupt:
-        server.shutdown()
+        stop_service()
     return 0
 
 
@@ -151,13 +168,30 @@ def build_parser() -> argparse.ArgumentParser:
     pre.add_argument("--seed", type=int, default=0)
     pre.set_defaults(func=cmd_pretrain)
 
-    serve = sub.add_parser("serve-reward", help="serve a reward over HTTP (JSON schema in diffrl/rewards/remote.py)")
+    serve = sub.add_parser("serve-reward", help="serve a reward over HTTP on Ray Serve (JSON schema in "
+                                                 "diffrl/rewards/remote.py, limits in diffrl/cluster/reward_service.py)")
     serve.add_argument("reward", help="registered name, pkg.module:factory or path/file.py:factory")
     serve.add_argument("--port", type=int, default=8700)
     serve.add_argument("--host", default="127.0.0.1", help="other addresses need a shared token")
     serve.add_argument("--token-file", default=None, help="file holding the shared token (else DIFFRL_REWARD_TOKEN); "
                                                           "never on the command line, where `ps` shows it")
     serve.add_argument("--kwargs", default="{}", help="JSON object of factory arguments")
+    serve.add_argument("--replicas", type=int, default=1, help="Serve replicas of the reward")
+    serve.add_argument("--cpus-per-replica", type=float, default=1.0)
+    serve.add_argument("--gpus-per-replica", type=float, default=0.0, help="fractional GPUs allowed")
+    from diffrl.cluster.reward_service import Limits
+
+    defaults = Limits()
+    serve.add_argument("--max-body-mb", type=float, default=defaults.max_body_bytes / (1 << 20),
+                       help="largest request body (refused from its Content-Length)")
+    serve.add_argument("--max-images", type=int, default=defaults.max_images, help="images per request")
+    serve.add_argument("--max-pixels", type=int, default=defaults.max_pixels, help="pixels per request, summed")
+    serve.add_argument("--max-concurrent", type=int, default=defaults.max_concurrent, help="requests in flight per "
+                                                                                          "replica")
+    serve.add_argument("--max-queued", type=int, default=defaults.max_queued, help="requests waiting (503 beyond)")
+    serve.add_argument("--body-timeout-s", type=float, default=defaults.body_timeout_s)
+    serve.add_argument("--request-timeout-s", type=float, default=defaults.request_timeout_s)
+    serve.add_argument("--idle-timeout-s", type=float, default=defaults.idle_timeout_s)
     serve.set_defaults(func=cmd_serve_reward)
 
     export = sub.add_parser("export", help="write a finished run's model as a diffusers pipeline folder or a LoRA file")

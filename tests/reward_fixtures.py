@@ -27,3 +27,12 @@ def hang_once(marker: str):
 
     return reward
 
+
+
+def raising():
+    """A reward whose every call raises (a model that failed to load)."""
+
+    def reward(images, prompts, metadata):
+        raise RuntimeError("model not loaded")
+
+    return reward
