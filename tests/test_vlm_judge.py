@@ -1,6 +1,8 @@
 """The VLM-judge reward: transformers backend on a tiny LLaVA built offline (P(yes) by hand), and the vLLM backend's
 capability check naming what is missing."""
 
+import json
+
 import numpy as np
 import pytest
 import torch
@@ -51,3 +53,30 @@ def test_vllm_backend_names_what_is_missing(llava, tmp_path):
         VLLMJudge(str(llava))
     # auto falls back to transformers where vLLM cannot run
     assert type(build_reward("vlm_judge", path=str(llava))).__name__ == "TransformersJudge"
+
+
+@pytest.mark.parametrize("yes_logit, no_logit, expected", [(np.log(3.0), 0.0, 0.75), (0.0, np.log(4.0), 0.2)])
+def test_transformers_judge_known_answer_from_set_weights(tmp_path, yes_logit, no_logit, expected):
+    """Weights set so that the answer is known without running the model: every decoder layer's output projections
+    are zero (the residual stream stays the token embedding), every embedding is e0 (RMS-normalized: 4 e0 with 16
+    dims), and lm_head maps 4 e0 to yes_logit for "yes"/"Yes", no_logit for "no"/"No" and 0 elsewhere. The judge's
+    P(yes) / (P(yes) + P(no)) is then sigmoid(yes_logit - no_logit) for any image and prompt."""
+    from transformers import AutoModelForImageTextToText
+
+    directory = build_tiny_llava(tmp_path / "llava")
+    model = AutoModelForImageTextToText.from_pretrained(directory)
+    vocab = json.loads((directory / "tokenizer.json").read_text())["model"]["vocab"]
+    language = model.model.language_model
+    with torch.no_grad():
+        for layer in language.layers:
+            layer.self_attn.o_proj.weight.zero_()
+            layer.mlp.down_proj.weight.zero_()
+        language.embed_tokens.weight.copy_(torch.eye(16)[0].expand_as(language.embed_tokens.weight))
+        language.norm.weight.fill_(1.0)
+        model.lm_head.weight.zero_()
+        for word, logit in (("yes", yes_logit), ("Yes", yes_logit), ("no", no_logit), ("No", no_logit)):
+            model.lm_head.weight[vocab[word], 0] = logit / 4.0
+    model.save_pretrained(directory)
+    reward = build_reward("vlm_judge", path=str(directory), backend="transformers")
+    images = np.random.default_rng(2).integers(0, 256, size=(2, 20, 20, 3), dtype=np.uint8)
+    assert reward(images, ["a photo of a cat", "a red dog"], [{}, {}]).scores == pytest.approx([expected] * 2, abs=1e-4)
