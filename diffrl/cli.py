@@ -46,7 +46,7 @@ def cmd_run(args: argparse.Namespace) -> int:
 def report_failure(err: BaseException) -> int:
     """A failure after start as one line naming the role, rank and cause (exit 1); DIFFRL_DEBUG=1 re-raises it for
     the full traceback."""
-    from diffrl.platform.worker import describe_failure
+    from diffrl.platform.calls import describe_failure
 
     if os.environ.get("DIFFRL_DEBUG"):
         raise err

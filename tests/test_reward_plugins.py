@@ -1,11 +1,14 @@
 """Every plug-in route loads and scores; the wire format round-trips (the service itself: test_reward_service.py)."""
 
 
+import json
+
 import numpy as np
 import pytest
 
 from diffrl.rewards.base import RewardError, build_reward, known_rewards
-from diffrl.rewards.remote import RemoteReward, decode_images, encode_images
+from diffrl.cluster.reward_service import Limits, parse_request
+from diffrl.rewards.remote import RemoteReward, encode_images
 
 IMAGES = np.random.default_rng(0).integers(0, 256, size=(3, 8, 8, 3), dtype=np.uint8)
 PROMPTS = ["a", "b", "c"]
@@ -44,7 +47,9 @@ def test_entry_point_route(tmp_path, monkeypatch):
 
 @pytest.mark.parametrize("fmt", ["raw", "png"])
 def test_wire_format_round_trips(fmt):
-    assert np.array_equal(decode_images(encode_images(IMAGES, fmt)), IMAGES)
+    body = json.dumps({"images": encode_images(IMAGES, fmt), "prompts": PROMPTS, "metadata": META}).encode()
+    images, prompts, metadata = parse_request(body, Limits())  # what the reward service decodes
+    assert np.array_equal(images, IMAGES) and prompts == PROMPTS and metadata == META
 
 
 def test_unreachable_server_is_a_named_error():

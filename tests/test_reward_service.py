@@ -200,3 +200,30 @@ def test_the_cli_refuses_other_interfaces_without_a_token_and_never_reads_argv_t
     bad = subprocess.run([sys.executable, "-m", "diffrl.cli", "serve-reward", EXAMPLE, "--token-file", str(empty)],
                          capture_output=True, text=True, timeout=120, env=env)
     assert bad.returncode == 2 and f"token file {empty} is empty" in bad.stderr
+
+
+def test_the_cli_serves_with_a_token_file_and_stops_on_sigterm(tmp_path):
+    """`diffrl serve-reward` as a user runs it: the token from a file, scores like the local reward, and `kill`
+    (SIGTERM) stops the service and the Ray cluster it started."""
+    import os
+    import signal
+
+    token = tmp_path / "token"
+    token.write_text("from-a-file\n")
+    port = free_port()
+    env = {k: v for k, v in os.environ.items() if k not in ("DIFFRL_REWARD_TOKEN", "RAY_ADDRESS")}
+    process = subprocess.Popen([sys.executable, "-m", "diffrl.cli", "serve-reward", EXAMPLE, "--port", str(port),
+                                "--token-file", str(token), "--kwargs", '{"target": 0.3}', "--cpus-per-replica", "0.5"],
+                               stdout=subprocess.PIPE, text=True, env=env)
+    url = f"http://127.0.0.1:{port}"
+    try:
+        assert "token required" in process.stdout.readline()
+        out = RemoteReward(url, token_file=str(token), timeout_s=30)(IMAGES, PROMPTS, META)
+        assert out.scores == pytest.approx(build_reward(EXAMPLE, target=0.3)(IMAGES, PROMPTS, META).scores)
+        with pytest.raises(RewardError, match="answered 401"):
+            RemoteReward(url, timeout_s=30)(IMAGES, PROMPTS, META)
+    finally:
+        process.send_signal(signal.SIGTERM)
+        assert process.wait(timeout=90) == 0
+    with pytest.raises(RewardError, match="unreachable"):
+        RemoteReward(url, timeout_s=5)(IMAGES, PROMPTS, META)

@@ -11,7 +11,8 @@ import pytest
 import torch
 
 from diffrl.platform.ray_backend import RayBackend, ResourcePool
-from diffrl.platform.worker import Placement, WorkerGroup, WorkerLost, describe_failure
+from diffrl.platform.calls import describe_failure
+from diffrl.platform.worker import Placement, WorkerGroup, WorkerLost
 from diffrl.rewards.base import RewardOutput
 from diffrl.workers.reward import RewardWorker
 

@@ -46,6 +46,7 @@ from typing import Any, Callable, TextIO
 import diffrl
 from diffrl.cluster.shipping import Shipment, plan_rewards, print_warnings
 from diffrl.kinds import kind_of, load_job
+from diffrl.rewards.remote import LOOPBACK
 from diffrl.platform.config import ConfigError, dump_job
 
 DEFAULT_DASHBOARD = "http://127.0.0.1:8265"
@@ -82,12 +83,6 @@ def _host(address: str) -> str:
     return (urllib.parse.urlsplit(address if "://" in address else f"http://{address}").hostname or "").lower()
 
 
-def _token_given() -> bool:
-    """Whether the user named a token for the cluster (RAY_AUTH_TOKEN or RAY_AUTH_TOKEN_PATH), rather than the one
-    this machine's own Ray wrote to ~/.ray."""
-    return bool(os.environ.get("RAY_AUTH_TOKEN") or os.environ.get("RAY_AUTH_TOKEN_PATH"))
-
-
 def _given_token_header() -> dict[str, str] | None:
     """The Authorization header of the token the user named (RAY_AUTH_TOKEN, else the file RAY_AUTH_TOKEN_PATH),
     read here rather than by Ray's loader, which falls back to ~/.ray when the named file is unreadable."""
@@ -113,9 +108,9 @@ def connect(address: str) -> Any:
         except AuthenticationError:
             if os.environ.get("RAY_AUTH_MODE") is not None:
                 raise
-            header = _given_token_header() if _token_given() else None
+            header = _given_token_header()
             if header is None:
-                if _host(address) not in ("127.0.0.1", "localhost", "::1"):
+                if _host(address) not in LOOPBACK:
                     raise
                 header = _local_token_header()
             if not header:

@@ -10,7 +10,8 @@ from typing import Any
 from fastapi import FastAPI, Request  # FastAPI reads the route annotations at run time: no postponed annotations
 from fastapi.responses import JSONResponse
 
-from diffrl.cluster.reward_service import LOOPBACK, Limits, RequestError, authorized, parse_request
+from diffrl.cluster.reward_service import Limits, RequestError, authorized, parse_request
+from diffrl.rewards.remote import LOOPBACK
 
 
 def _app(name: str, kwargs: dict, token: "str | None", limits: Limits):

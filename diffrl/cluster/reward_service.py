@@ -27,7 +27,6 @@ from typing import Any
 
 import numpy as np
 
-from diffrl.rewards.remote import LOOPBACK  # noqa: F401  (re-exported for reward_serve)
 
 
 @dataclass(frozen=True)

@@ -11,8 +11,7 @@ from pathlib import Path
 from typing import Any
 
 from diffrl.platform.config import ConfigError
-
-LOOPBACK = ("127.0.0.1", "localhost", "::1")
+from diffrl.rewards.remote import LOOPBACK
 
 
 @dataclass

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from diffrl.platform.config import ConfigError, JobConfig, Origins, origin_of, read_job, validate_job
+from diffrl.platform.config import ConfigError, JobConfig, Origins, problem_lines, read_job, validate_job
 from diffrl.platform.kind import JobKind
 from diffrl.platform.roles import check_colocation
 
@@ -53,12 +53,7 @@ def parse_job(data: dict, source: str = "<dict>", origins: Origins | None = None
         raise ConfigError(f"invalid job config ({source}):\n  {err}") from None
     problems = kind.check(cfg, local)
     if problems:
-        lines = []
-        for problem in problems:
-            key = problem.partition(":")[0]
-            path = tuple(int(part) if part.isdigit() else part for part in key.split("."))
-            lines.append(f"  {problem}{origin_of(origins, path)}")
-        raise ConfigError(f"invalid job config ({source}):\n" + "\n".join(lines))
+        raise ConfigError(f"invalid job config ({source}):\n" + "\n".join(problem_lines(problems, origins)))
     return cfg
 
 

@@ -78,6 +78,11 @@ def reward_problems(specs: list[Any], prompts: list[dict], local: bool = True, k
     return problems
 
 
+def model_check(cfg: Any, local: bool) -> list[str]:
+    """Kinds whose only outside input is the model (pretrain, adversarial): its weights, where the job runs."""
+    return model_problems(cfg.model.name, cfg.model.path) if local else []
+
+
 def rl_problems(cfg: Any, local: bool = True) -> list[str]:
     """The RL and solver_tune kinds: model weights (`local` only), the prompt files, the rewards against them."""
     from diffrl.kinds.rl.data import prompt_splits

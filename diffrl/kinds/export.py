@@ -82,20 +82,21 @@ def export_run(run_dir: str | Path, fmt: str, out: str | Path, force: bool = Fal
     if fmt == "lora" and not cfg.model.lora.enabled:
         raise ConfigError(f"{run_dir}: --format lora needs a LoRA run (model.lora.enabled); this run fine-tuned the "
                           f"full transformer: use --format diffusers")
-    model = _trained_model(cfg, run_dir)
-    pipeline = model.pipeline
     staging = out.with_name(f".{out.name}.partial")
     shutil.rmtree(staging, ignore_errors=True)
     if fmt == "diffusers":
+        model = _trained_model(cfg, run_dir)
         if cfg.model.lora.enabled:
             model.denoiser = model.denoiser.merge_and_unload()
-            pipeline.transformer = model.denoiser.transformer
-        pipeline.save_pretrained(str(staging), safe_serialization=True)
-    else:
+            model.pipeline.transformer = model.denoiser.transformer
+        model.pipeline.save_pretrained(str(staging), safe_serialization=True)
+    else:  # the adapters alone: no pipeline to load
+        from diffrl.models.diffusers_t2i import pipeline_class
+
         lora = cfg.model.lora
-        adapters = load_file(str(run_dir / "final.safetensors"))
-        type(pipeline).save_lora_weights(str(staging), transformer_lora_layers=lora_layers(adapters, lora.alpha / lora.rank),
-                                         safe_serialization=True)
+        layers = lora_layers(load_file(str(run_dir / "final.safetensors")), lora.alpha / lora.rank)
+        pipeline_class(cfg.model.name).save_lora_weights(str(staging), transformer_lora_layers=layers,
+                                                         safe_serialization=True)
     if out.is_symlink() or out.is_file():
         out.unlink()
     elif out.exists():

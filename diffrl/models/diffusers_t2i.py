@@ -30,15 +30,21 @@ _ATTENTION = ["to_q", "to_k", "to_v", "to_out.0"]
 _JOINT_ATTENTION = _ATTENTION + ["add_q_proj", "add_k_proj", "add_v_proj", "to_add_out"]
 
 
-def load_pipeline(family: str, path: str, dtype: torch.dtype = torch.float32):
-    """The diffusers pipeline of `family` from a local directory or the local HF cache; never downloads."""
+def pipeline_class(family: str) -> type:
+    """The diffusers pipeline class of `family`."""
     from diffusers import FluxPipeline, SanaPipeline, StableDiffusion3Pipeline
 
     classes = {"sd3": StableDiffusion3Pipeline, "flux": FluxPipeline, "sana": SanaPipeline}
     if family not in classes:
         raise ValueError(f"model.name: unknown diffusers family {family!r}; allowed: {list(FAMILIES)}")
+    return classes[family]
+
+
+def load_pipeline(family: str, path: str, dtype: torch.dtype = torch.float32):
+    """The diffusers pipeline of `family` from a local directory or the local HF cache; never downloads."""
+    cls = pipeline_class(family)
     try:
-        return classes[family].from_pretrained(path, local_files_only=True, torch_dtype=dtype)
+        return cls.from_pretrained(path, local_files_only=True, torch_dtype=dtype)
     except (OSError, ValueError, EnvironmentError) as err:
         where = "directory" if Path(path).exists() else "local directory or cached Hugging Face model"
         raise FileNotFoundError(

@@ -53,8 +53,8 @@ class Pending:
             keys = list(pending)
             wait = None
             if timeout is not None:
-                first = min(group.running_deadline(rank, timeout) for rank in self._ranks(pending))
-                wait = None if first == float("inf") else max(0.0, first - time.monotonic())
+                starts = [running[1] for rank in self._ranks(pending) if (running := group.running(rank))]
+                wait = max(0.0, min(starts) + timeout - time.monotonic()) if starts else None
             found = group.backend.wait_one([pending[k] for k in keys], timeout=wait)
             if found is None:
                 self._restart_overdue(pending, timeout)
@@ -87,11 +87,11 @@ class Pending:
         group = self.group
         now = time.monotonic()
         for rank in self._ranks(pending):
-            if group.running_deadline(rank, timeout) > now:
+            running = group.running(rank)
+            if running is None or running[1] + timeout > now:
                 continue
-            method = group.running_method(rank)
-            error = CallTimeout(f"{group.name} worker {rank}: {method} gave no answer within {timeout:g} s (its "
-                                f"worker was restarted, so the call does not run beside its retry)")
+            error = CallTimeout(f"{group.name} worker {rank}: {running[0].method} gave no answer within {timeout:g} s "
+                                f"(its worker was restarted, so the call does not run beside its retry)")
             group.backend.restart(group.handles[rank])
             group.forget_flights(rank)
             group.recover(rank, error, None)

@@ -110,6 +110,16 @@ def origin_of(origins: Origins | None, loc: tuple) -> str:
     return ""
 
 
+def problem_lines(problems: list[str], origins: Origins | None) -> list[str]:
+    """"key.path: message" problems as indented lines, each with where its key came from."""
+    lines = []
+    for problem in problems:
+        key = problem.partition(":")[0]
+        path = tuple(int(part) if part.isdigit() else part for part in key.split("."))
+        lines.append(f"  {problem}{origin_of(origins, path)}")
+    return lines
+
+
 def format_validation_error(err: ValidationError, source: str, origins: Origins | None = None) -> str:
     lines = [f"invalid job config ({source}):"]
     for item in err.errors():
@@ -182,8 +192,8 @@ def validate_job(config: type[JobConfig], data: dict, source: str = "<dict>",
                  origins: Origins | None = None) -> JobConfig:
     """Validate a job dict against a kind's config class; raise ConfigError naming every bad key path (and, with
     `origins`, the file line or override it came from). Every float anywhere must be finite."""
-    lines = [f"  {'.'.join(map(str, path))}: got a non-finite number; every number must be finite"
-             f"{origin_of(origins, path)}" for path in non_finite_floats(data)]
+    lines = problem_lines([f"{'.'.join(map(str, path))}: got a non-finite number; every number must be finite"
+                           for path in non_finite_floats(data)], origins)
     try:
         cfg = config.model_validate(data)
     except ValidationError as err:

@@ -11,7 +11,8 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable
 
 from diffrl.platform.roles import RoleSpec, resource_pools
-from diffrl.platform.worker import LocalBackend, Placement, WorkerGroup, WorkerLost, locate
+from diffrl.platform.calls import locate
+from diffrl.platform.worker import LocalBackend, Placement, WorkerGroup, WorkerLost
 
 if TYPE_CHECKING:
     from diffrl.platform.checkpoint import Checkpoint

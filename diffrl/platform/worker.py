@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 from typing import Any, Callable, Protocol, Sequence, runtime_checkable
 
 from diffrl.utils.net import free_port
-from diffrl.platform.calls import CallTimeout, Pending, describe_failure, locate  # noqa: F401  (re-exported)
+from diffrl.platform.calls import Pending
 from diffrl.utils.rng import capture_rng, restore_rng
 
 
@@ -323,25 +323,16 @@ class WorkerGroup:
         self.flights[rank].clear()
         self.last_done[rank] = time.monotonic()
 
-    def _running(self, rank: int) -> Flight | None:
-        """The call worker `rank` is running: its oldest flight that is not finished (finished ones that their
-        Pending has not collected yet are settled here)."""
+    def running(self, rank: int) -> tuple[Flight, float] | None:
+        """The call worker `rank` is running — its oldest flight that is not finished (finished ones that their
+        Pending has not collected yet are settled here) — and when it started (sent, or when the call before it
+        finished); None when it runs none."""
         while self.flights[rank]:
             head = self.flights[rank][0]
             if self.backend.wait_one([head.future], timeout=0) is None:
-                return head
+                return head, max(head.sent, self.last_done[rank])
             self.settle(rank, head)
         return None
-
-    def running_deadline(self, rank: int, timeout: float) -> float:
-        """When the call worker `rank` is running times out (from when it started: sent, or the previous call
-        finished); infinity when it runs none."""
-        head = self._running(rank)
-        return float("inf") if head is None else max(head.sent, self.last_done[rank]) + timeout
-
-    def running_method(self, rank: int) -> str:
-        head = self._running(rank)
-        return head.method if head is not None else "a call"
 
     def note_health(self, healths: Sequence[dict[str, Any]]) -> None:
         """Remember each worker's incarnation from a `run("health")`."""

@@ -72,7 +72,7 @@ def as_reward_output(name: str, output: object) -> RewardOutput:
     if isinstance(output, RewardOutput):
         return output
     if isinstance(output, tuple) and len(output) == 2 and isinstance(output[1], dict):
-        details = {str(key): list(_as_scores(name, value)) if not isinstance(value, list) else value
+        details = {str(key): value if isinstance(value, list) else _as_scores(name, value)
                    for key, value in output[1].items()}
         return RewardOutput(scores=_as_scores(name, output[0]), details=details)
     return RewardOutput(scores=_as_scores(name, output))

@@ -28,8 +28,11 @@ def ocr_target(prompt: str) -> str:
 
 def ocr_prompt_problem(entry: dict) -> str | None:
     """What a prompt entry lacks for OCR: target text between double quotes in its prompt."""
-    match = _QUOTED.search(str(entry.get("prompt") or ""))
-    return None if match and match.group(1).strip() else "OCR needs the target text between double quotes"
+    try:
+        ocr_target(str(entry.get("prompt") or ""))
+    except ValueError:
+        return "OCR needs the target text between double quotes"
+    return None
 
 
 def _normalize(text: str) -> str:

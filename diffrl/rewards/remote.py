@@ -45,27 +45,6 @@ def encode_images(images: np.ndarray, fmt: str = "raw") -> dict:
     raise ValueError(f"image format must be raw or png, got {fmt!r}")
 
 
-def decode_images(payload: dict) -> np.ndarray:
-    fmt = payload.get("format")
-    if fmt == "raw":
-        shape = tuple(int(d) for d in payload["shape"])
-        if len(shape) != 4 or shape[-1] != 3:
-            raise ValueError(f"raw images must have shape [N, H, W, 3], got {list(shape)}")
-        data = base64.b64decode(payload["data"], validate=True)
-        if len(data) != int(np.prod(shape)):
-            raise ValueError(f"raw image data has {len(data)} bytes, shape {list(shape)} needs {int(np.prod(shape))}")
-        return np.frombuffer(data, dtype=np.uint8).reshape(shape)
-    if fmt == "png":
-        from PIL import Image
-
-        images = [np.asarray(Image.open(io.BytesIO(base64.b64decode(item, validate=True))).convert("RGB"))
-                  for item in payload["data"]]
-        if not images:
-            return np.zeros((0, 1, 1, 3), dtype=np.uint8)
-        return np.stack(images)
-    raise ValueError(f"images.format must be raw or png, got {fmt!r}")
-
-
 def read_token_file(path: str) -> str:
     """A shared token from a file (first line, stripped); errors name the file, never the token."""
     from pathlib import Path

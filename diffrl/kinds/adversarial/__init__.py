@@ -6,6 +6,7 @@ from __future__ import annotations
 
 from diffrl.kinds.adversarial.config import AdversarialJobConfig
 from diffrl.kinds.adversarial.roles import adversarial_roles
+from diffrl.kinds.checks import model_check
 from diffrl.platform.kind import JobKind
 
 
@@ -19,10 +20,4 @@ def _files(cfg: AdversarialJobConfig) -> dict[str, str]:
     return {"data.captions": cfg.data.captions} if cfg.data.source == "image_folder" and cfg.data.captions else {}
 
 
-def _check(cfg: AdversarialJobConfig, local: bool) -> list[str]:
-    from diffrl.kinds.checks import model_problems
-
-    return model_problems(cfg.model.name, cfg.model.path) if local else []
-
-
-KIND = JobKind("adversarial", AdversarialJobConfig, adversarial_roles, _run, _files, _check)
+KIND = JobKind("adversarial", AdversarialJobConfig, adversarial_roles, _run, _files, model_check)

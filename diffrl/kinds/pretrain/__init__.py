@@ -6,6 +6,7 @@ from __future__ import annotations
 
 from diffrl.kinds.pretrain.config import PretrainJobConfig
 from diffrl.kinds.pretrain.roles import pretrain_roles
+from diffrl.kinds.checks import model_check
 from diffrl.platform.kind import JobKind
 
 
@@ -15,10 +16,4 @@ def _run(ctx):
     return run(ctx)
 
 
-def _check(cfg: PretrainJobConfig, local: bool) -> list[str]:
-    from diffrl.kinds.checks import model_problems
-
-    return model_problems(cfg.model.name, cfg.model.path) if local else []
-
-
-KIND = JobKind("pretrain", PretrainJobConfig, pretrain_roles, _run, check=_check)
+KIND = JobKind("pretrain", PretrainJobConfig, pretrain_roles, _run, check=model_check)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from diffrl.kinds.rl.config import RLJobConfig
 from diffrl.kinds.rl.roles import rl_roles
+from diffrl.kinds.checks import rl_problems
 from diffrl.platform.kind import JobKind
 
 
@@ -21,10 +22,4 @@ def _files(cfg: RLJobConfig) -> dict[str, str]:
     return files
 
 
-def _check(cfg, local: bool) -> list[str]:
-    from diffrl.kinds.checks import rl_problems
-
-    return rl_problems(cfg, local)
-
-
-KIND = JobKind("rl", RLJobConfig, rl_roles, _run, _files, _check)
+KIND = JobKind("rl", RLJobConfig, rl_roles, _run, _files, rl_problems)

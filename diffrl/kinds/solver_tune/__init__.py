@@ -6,6 +6,7 @@ from __future__ import annotations
 
 from diffrl.kinds.solver_tune.config import SolverTuneJobConfig
 from diffrl.kinds.solver_tune.roles import solver_tune_roles
+from diffrl.kinds.checks import rl_problems
 from diffrl.platform.kind import JobKind
 
 
@@ -20,10 +21,4 @@ def _files(cfg: SolverTuneJobConfig) -> dict[str, str]:
             if (value := getattr(cfg.data, key)) is not None}
 
 
-def _check(cfg, local: bool) -> list[str]:
-    from diffrl.kinds.checks import rl_problems
-
-    return rl_problems(cfg, local)
-
-
-KIND = JobKind("solver_tune", SolverTuneJobConfig, solver_tune_roles, _run, _files, _check)
+KIND = JobKind("solver_tune", SolverTuneJobConfig, solver_tune_roles, _run, _files, rl_problems)
