@@ -108,7 +108,8 @@ def cmd_serve_reward(args: argparse.Namespace) -> int:
         limits = Limits(max_body_bytes=int(args.max_body_mb * (1 << 20)), max_images=args.max_images,
                         max_pixels=args.max_pixels, max_concurrent=args.max_concurrent, max_queued=args.max_queued,
                         body_timeout_s=args.body_timeout_s, request_timeout_s=args.request_timeout_s,
-                        idle_timeout_s=args.idle_timeout_s)
+                        idle_timeout_s=args.idle_timeout_s, header_timeout_s=args.header_timeout_s,
+                        max_connections=args.max_connections)
         from diffrl.cluster.reward_serve import start_service, stop_service
 
         url = start_service(args.reward, kwargs, host=args.host, port=args.port, token=token, replicas=args.replicas,
@@ -191,7 +192,11 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--max-queued", type=int, default=defaults.max_queued, help="requests waiting (503 beyond)")
     serve.add_argument("--body-timeout-s", type=float, default=defaults.body_timeout_s)
     serve.add_argument("--request-timeout-s", type=float, default=defaults.request_timeout_s)
-    serve.add_argument("--idle-timeout-s", type=float, default=defaults.idle_timeout_s)
+    serve.add_argument("--idle-timeout-s", type=float, default=defaults.idle_timeout_s,
+                       help="a connection must start a request within this (after opening or an answer)")
+    serve.add_argument("--header-timeout-s", type=float, default=defaults.header_timeout_s,
+                       help="a request's headers must be complete within this (408)")
+    serve.add_argument("--max-connections", type=int, default=defaults.max_connections, help="open at once (503 beyond)")
     serve.set_defaults(func=cmd_serve_reward)
 
     export = sub.add_parser("export", help="write a finished run's model as a diffusers pipeline folder or a LoRA file")

@@ -26,7 +26,8 @@ EXAMPLE = "examples/rewards/brightness.py:brightness"
 SLOW = f"{Path(__file__).parent / 'reward_fixtures.py'}:slow_checksum"
 IMAGES = np.random.default_rng(0).integers(0, 256, size=(3, 8, 8, 3), dtype=np.uint8)
 PROMPTS, META = ["a", "b", "c"], [{}, {}, {}]
-LIMITS = Limits(max_body_bytes=1 << 20, max_images=8, max_pixels=8 * 64 * 64, body_timeout_s=2.0)
+LIMITS = Limits(max_body_bytes=1 << 20, max_images=8, max_pixels=8 * 64 * 64, body_timeout_s=2.0, idle_timeout_s=2.0,
+                header_timeout_s=2.0, max_header_bytes=4096, max_connections=12)
 
 
 def free_port() -> int:
@@ -170,6 +171,59 @@ def test_a_slow_body_is_cut_off_and_the_service_stays_up(service):
         assert text.split("\r\n")[0].endswith("408 Request Timeout") and "did not arrive within 2 s" in text
         assert time.monotonic() - tick < 15
     assert len(RemoteReward(urls["plain"])(IMAGES, PROMPTS, META).scores) == 3  # still up
+
+
+def read_all(connection: socket.socket) -> bytes:
+    """Everything the server sends until it closes the connection."""
+    answer = b""
+    while chunk := connection.recv(4096):
+        answer += chunk
+    return answer
+
+
+def test_connections_that_send_nothing_or_trickle_headers_are_closed(service):
+    """Uvicorn alone would hold these forever; the front door closes an idle connection after idle_timeout_s, with
+    or without an earlier answer, and answers headers that do not complete within header_timeout_s with a 408."""
+    urls, _, port = service
+    tick = time.monotonic()
+    with socket.create_connection(("127.0.0.1", port), timeout=30) as idle:
+        assert read_all(idle) == b"" and 1.5 < time.monotonic() - tick < 10  # closed without a request
+    with socket.create_connection(("127.0.0.1", port), timeout=30) as kept:
+        kept.sendall(b"GET /plain/health HTTP/1.1\r\nHost: x\r\n\r\n")
+        tick = time.monotonic()
+        answer = read_all(kept)
+        assert answer.startswith(b"HTTP/1.1 200") and b'"ready":true' in answer
+        assert 1.5 < time.monotonic() - tick < 10  # the kept-alive connection is closed once idle
+    with socket.create_connection(("127.0.0.1", port), timeout=30) as slow:
+        tick = time.monotonic()
+        for byte in b"POST /plain/score HTTP/1.1\r\nHost: x\r\n":  # one byte every 0.1 s: never complete
+            try:
+                slow.sendall(bytes([byte]))
+            except OSError:
+                break
+            time.sleep(0.1)
+        answer = read_all(slow).decode()
+        assert answer.startswith("HTTP/1.1 408") and "headers did not arrive within 2 s" in answer
+        assert time.monotonic() - tick < 10
+    with socket.create_connection(("127.0.0.1", port), timeout=30) as big:
+        big.sendall(b"GET /plain/health HTTP/1.1\r\nX-Filler: " + b"a" * 8000)
+        assert read_all(big).decode().startswith("HTTP/1.1 431")
+    assert len(RemoteReward(urls["plain"])(IMAGES, PROMPTS, META).scores) == 3  # still up
+
+
+def test_connections_beyond_the_limit_are_a_503(service):
+    urls, _, port = service
+    held = [socket.create_connection(("127.0.0.1", port), timeout=30) for _ in range(12)]
+    time.sleep(0.3)
+    try:
+        with socket.create_connection(("127.0.0.1", port), timeout=30) as extra:
+            answer = read_all(extra).decode()
+            assert answer.startswith("HTTP/1.1 503") and "12 connections are open" in answer
+    finally:
+        for connection in held:
+            connection.close()
+    time.sleep(0.3)
+    assert len(RemoteReward(urls["plain"])(IMAGES, PROMPTS, META).scores) == 3  # freed again
 
 
 def test_concurrency_beyond_the_limit_is_a_503(service):

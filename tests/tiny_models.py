@@ -32,7 +32,8 @@ def build_tiny_clip(directory: Path, logit_scale: float = 4.0) -> Path:
     return directory
 
 
-def build_tiny_mask2former(directory: Path, labels: tuple[str, ...] = ("cat", "dog", "apple")) -> Path:
+def build_tiny_mask2former(directory: Path, labels: tuple[str, ...] = ("cat", "dog", "apple"),
+                           num_queries: int = 10) -> Path:
     from transformers import (Mask2FormerConfig, Mask2FormerForUniversalSegmentation, Mask2FormerImageProcessor,
                               SwinConfig)
 
@@ -40,7 +41,7 @@ def build_tiny_mask2former(directory: Path, labels: tuple[str, ...] = ("cat", "d
     backbone = SwinConfig(image_size=64, patch_size=4, embed_dim=16, depths=[1, 1, 1, 1], num_heads=[1, 1, 1, 1],
                           window_size=4, out_features=["stage1", "stage2", "stage3", "stage4"])
     config = Mask2FormerConfig(
-        backbone_config=backbone, hidden_dim=32, num_queries=10, encoder_feedforward_dim=32, dim_feedforward=32,
+        backbone_config=backbone, hidden_dim=32, num_queries=num_queries, encoder_feedforward_dim=32, dim_feedforward=32,
         encoder_layers=1, decoder_layers=2, num_attention_heads=2, feature_size=32, mask_feature_size=32,
         num_labels=len(labels), id2label=dict(enumerate(labels)), label2id={n: i for i, n in enumerate(labels)},
         common_stride=4)

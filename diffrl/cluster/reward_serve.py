@@ -1,6 +1,6 @@
 """The Ray Serve deployment of the reward service (see `reward_service` for the limits and the request rules):
 `start_service` places `replicas` replicas of one reward, each with its CPUs / GPUs, behind a FastAPI ingress on
-Serve's HTTP proxy."""
+Serve's HTTP proxy, which listens on loopback behind the front door (`front_door`) on the public address."""
 
 import asyncio
 import logging
@@ -10,8 +10,12 @@ from typing import Any
 from fastapi import FastAPI, Request  # FastAPI reads the route annotations at run time: no postponed annotations
 from fastapi.responses import JSONResponse
 
+from diffrl.cluster.front_door import FrontDoor
 from diffrl.cluster.reward_service import Limits, RequestError, authorized, parse_request
 from diffrl.rewards.remote import LOOPBACK
+
+_DOORS: "dict[tuple[str, int], FrontDoor]" = {}
+_PROXY: "dict[str, int]" = {}  # the loopback port of this process's Serve proxy
 
 
 def _app(name: str, kwargs: dict, token: "str | None", limits: Limits):
@@ -86,8 +90,8 @@ def start_service(name: str, kwargs: "dict | None" = None, host: str = "127.0.0.
                   route_prefix: str = "/") -> str:
     """Serve reward `name` (built with `kwargs` in every replica) on http://host:port (under `route_prefix`: several
     rewards can share one proxy); returns the URL. Starts a local Ray cluster unless one is connected (RAY_ADDRESS
-    joins a running one). Refuses a non-loopback host without a token. The proxy's timeouts are set by the first
-    service started on a cluster."""
+    joins a running one). Refuses a non-loopback host without a token. The proxy's timeouts and the front door's
+    limits are set by the first service started from this process."""
     if host not in LOOPBACK and not token:
         raise ValueError(f"serve-reward: refusing to listen on {host} without a shared token (DIFFRL_REWARD_TOKEN or "
                          f"--token-file); only 127.0.0.1 may be served without one")
@@ -98,13 +102,18 @@ def start_service(name: str, kwargs: "dict | None" = None, host: str = "127.0.0.
     connect_ray(num_cpus=num_cpus or max(2, int(replicas * cpus_per_replica) + 1), num_gpus=None)
     quiet = {"log_level": "INFO" if os.environ.get("DIFFRL_VERBOSE") else "WARNING"}
     logging.getLogger("ray.serve").setLevel(quiet["log_level"])
-    serve.start(http_options={"host": host, "port": port, "request_timeout_s": limits.request_timeout_s,
-                              "keep_alive_timeout_s": limits.idle_timeout_s}, logging_config=quiet)
+    if "port" not in _PROXY:
+        _PROXY["port"] = _free_loopback_port()
+        serve.start(http_options={"host": "127.0.0.1", "port": _PROXY["port"], "request_timeout_s":
+                                  limits.request_timeout_s, "keep_alive_timeout_s": limits.idle_timeout_s},
+                    logging_config=quiet)
     deployment = _app(name, dict(kwargs or {}), token, limits).options(
         num_replicas=replicas, ray_actor_options={"num_cpus": cpus_per_replica, "num_gpus": gpus_per_replica},
         logging_config=quiet)
     serve.run(deployment.bind(), name=f"reward{route_prefix.replace('/', '-')}", route_prefix=route_prefix,
               blocking=False)
+    if (host, port) not in _DOORS:
+        _DOORS[host, port] = FrontDoor(host, port, ("127.0.0.1", _PROXY["port"]), limits).start()
     return f"http://{host}:{port}{route_prefix.rstrip('/')}"
 
 
@@ -112,5 +121,17 @@ def stop_service() -> None:
     import ray
     from ray import serve
 
+    for door in _DOORS.values():
+        door.stop()
+    _DOORS.clear()
+    _PROXY.clear()
     serve.shutdown()
     ray.shutdown()
+
+
+def _free_loopback_port() -> int:
+    import socket
+
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]

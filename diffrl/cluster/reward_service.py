@@ -7,10 +7,11 @@ Every limit bounds what one client can make the service allocate or hold, and ea
 - images and pixels per request, checked from the raw shape or each PNG's header before any pixel is decoded
   (a decompression bomb is a 413, not an allocation);
 - concurrent requests: `max_concurrent` per replica in flight, `max_queued` waiting (503 beyond);
-- slow and idle clients: a body must arrive within `body_timeout_s` (408), a request must finish within
-  `request_timeout_s`, and a connection idle after a response is closed after `idle_timeout_s` (Serve's HTTP proxy
-  options). Not bounded here: a connection that never sends a request line (Serve's uvicorn proxy has no header
-  timeout, and its HAProxy mode binds every interface).
+- connections (`front_door`, in front of Serve's proxy): at most `max_connections` open (503 beyond); a request
+  must start within `idle_timeout_s` of the connection's opening or of the last answer (else it is closed), and its
+  headers must be complete within `header_timeout_s` (408) and fit in `max_header_bytes` (431);
+- slow clients: a body must arrive within `body_timeout_s` (408), and a request must finish within
+  `request_timeout_s` (Serve's HTTP proxy option).
 A malformed request gets a 4xx naming the problem and the service stays up; a reward that raises is a 500 naming it.
 The service binds 127.0.0.1 unless told otherwise and refuses any other address without a shared token; the token
 is compared in constant time and never taken from the command line.
@@ -39,6 +40,9 @@ class Limits:
     body_timeout_s: float = 30.0
     request_timeout_s: float = 300.0
     idle_timeout_s: float = 30.0
+    header_timeout_s: float = 10.0
+    max_header_bytes: int = 32 << 10
+    max_connections: int = 256
 
 
 class RequestError(ValueError):

@@ -27,6 +27,8 @@ from diffrl.utils.collective_sync import BroadcastChannel, BucketLayout
 from diffrl.utils.weight_sync import DEFAULT_BUCKET_MB, WeightPayload, pack
 from diffrl.workers.batch import RolloutBatch
 from diffrl.workers.finite import check_gradients, check_loss, check_weights
+from diffrl.workers.modules import (ENGINE_COUNTERS, ModuleEngine, engine_config, load_optimizer_state,
+                                    optimizer_state)
 from diffrl.workers.objectives import build_objective
 
 
@@ -124,15 +126,7 @@ class LearnerWorker(WorkerBase):
 
         rows = self.samples_per_rank * self.objective.rows_per_sample
         micro = largest_divisor_at_most(rows, self.cfg["micro_batch_size"])
-        ds_config = {
-            "train_micro_batch_size_per_gpu": micro,
-            "gradient_accumulation_steps": rows // micro,
-            "train_batch_size": rows * self.world_size,
-            "gradient_clipping": self.cfg["grad_clip"],
-            "zero_optimization": {"stage": self.cfg["zero_stage"]},
-            "zero_allow_untested_optimizer": True,
-            "steps_per_print": 10**9,
-        }
+        ds_config = engine_config(micro, rows // micro, self.world_size, self.cfg["grad_clip"], self.cfg["zero_stage"])
         optimizer = torch.optim.AdamW(
             params, lr=self.cfg["lr"], betas=tuple(self.cfg["betas"]), weight_decay=self.cfg["weight_decay"]
         )
@@ -143,6 +137,9 @@ class LearnerWorker(WorkerBase):
         )
         self.micro_batch = micro
         self._params = params
+        # Modules the objective trains beside the main one, each with its own engine and optimizer.
+        self.modules = {name: ModuleEngine(name, spec, self.model, micro, rows // micro, self.world_size,
+                                           self.cfg["zero_stage"]) for name, spec in self.objective.modules.items()}
         self.device = self.engine.device
         self.model.to(self.device)  # frozen parts (text encoders, VAE); DeepSpeed placed the denoiser
         if self.frozen_reference is not None:
@@ -173,6 +170,14 @@ class LearnerWorker(WorkerBase):
     def trained(self) -> nn.Module:
         """The module the engine trains (the denoiser, or the whole adapter)."""
         return self.engine.module
+
+    def module(self, name: str) -> nn.Module:
+        """Extra trained module `name` (its engine: call it with gradients)."""
+        return self.modules[name].engine
+
+    def frozen(self, name: str):
+        """A block that yields extra module `name` with no gradient reaching its parameters."""
+        return self.modules[name].frozen()
 
     def _encode(self, prompts: list[str]) -> Conditioning:
         unique = sorted(set(prompts))
@@ -209,8 +214,12 @@ class LearnerWorker(WorkerBase):
                 else:
                     part_cond = select_conditioning(cond, part["index"])
                 loss, stats = self.objective.loss(self, part, part_cond)
-                check_loss(loss, step, self.rank, f"pass {done + 1} of {passes}, rows from {start}")
-                self.engine.backward(loss)
+                losses = loss if isinstance(loss, dict) else {"main": loss}
+                loss = losses["main"]
+                for name, value in losses.items():
+                    where = f"pass {done + 1} of {passes}, rows from {start}"
+                    check_loss(value, step, self.rank, where if name == "main" else f"module {name}, {where}")
+                self._backward(losses)
                 if done + 1 < passes:
                     self.objective.ascend(part, rows, sl, self._loss_scale())
                 if self.engine.is_gradient_accumulation_boundary():
@@ -218,8 +227,11 @@ class LearnerWorker(WorkerBase):
                     if not self.engine.fp16_enabled():  # fp16 overflow is the loss scaler's to handle
                         check_gradients(self.engine.module, grad_norm, step, self.rank)
                 self.engine.step()
+                for extra in self.modules.values():
+                    extra.engine.step()
                 weight = len(part["index"]) / count / passes
-                for key, value in {"loss": loss.detach(), **stats}.items():
+                extra_losses = {f"{name}/loss": value.detach() for name, value in losses.items() if name != "main"}
+                for key, value in {"loss": loss.detach(), **extra_losses, **stats}.items():
                     totals[key] = totals.get(key, 0.0) + float(value) * weight
                 if passes > 1 and done == 0:  # the unperturbed pass, comparable with one-pass training's loss
                     totals["clean_loss"] = totals.get("clean_loss", 0.0) + float(loss.detach()) * weight * passes
@@ -232,6 +244,21 @@ class LearnerWorker(WorkerBase):
             check_gradients(self.engine.module, totals["grad_norm"], step, self.rank, applied=True)
         check_weights(self.engine.module, step, self.rank)
         return totals
+
+    def _backward(self, losses: dict[str, torch.Tensor]) -> None:
+        """Each engine's backward of its own loss; an extra module's gradients must come from its loss only."""
+        if set(losses) != {"main", *self.modules}:
+            raise ValueError(f"learner.algorithm={self.cfg['algorithm']}: loss() must return losses for "
+                             f"{sorted({'main', *self.modules})}, got {sorted(losses)}")
+        engines = {"main": self.engine, **{name: extra.engine for name, extra in self.modules.items()}}
+        for index, (name, engine) in enumerate(engines.items()):
+            others = {n: m.grad_total() for n, m in self.modules.items() if n != name}
+            engine.backward(losses[name], retain_graph=index + 1 < len(engines))
+            reached = [n for n, total in others.items() if self.modules[n].grad_total() != total]
+            if reached:
+                raise ValueError(f"learner.algorithm={self.cfg['algorithm']}: the {name} loss reached the parameters "
+                                 f"of module(s) {reached}; compute their part with the module models.frozen(name) "
+                                 "yields or on detached inputs")
 
     def _loss_scale(self) -> float:
         """The fp16 engine's current loss scale (gradients arrive multiplied by it), else 1."""
@@ -327,41 +354,29 @@ class LearnerWorker(WorkerBase):
         return deepspeed.zero.GatheredParameters(self._params, modifier_rank=None)
 
     # ------------------------------------------------------------------------------------- checkpoints
-    # Keys of a ZeRO-1/2 optimizer state that hold live objects (the loss scaler, parameter-fragment maps) rather
-    # than data: not saved; on load the live optimizer's own values are used (they depend only on the config).
-    _RUNTIME_KEYS = ("loss_scaler", "param_slice_mappings")
-    _ENGINE_COUNTERS = ("global_steps", "global_samples", "micro_steps", "skipped_steps")
-
     def state_dict(self, weights: bool = True) -> dict[str, Any]:
         """Everything an exact resume needs from this rank: trained weights (`weights=False` leaves them out: every
         rank holds the same), optimizer (this rank's partition under ZeRO-1/2) and scheduler state, the shadow
-        copies (EMA, old policy), DeepSpeed's step counters, RNG states and the weight version."""
+        copies (EMA, old policy), DeepSpeed's step counters, the extra trained modules, RNG states and the weight
+        version."""
         if self.cfg["zero_stage"] == 3:
             raise NotImplementedError("checkpoints for resume support learner.zero_stage 0-2")
-        optimizer = {k: v for k, v in self.optimizer.state_dict().items() if k not in self._RUNTIME_KEYS}
         return {
             "version": self.version,
             "weights": ({k: v.detach().clone() for k, v in trainable_state_dict(self.engine.module).items()}
                         if weights else {}),
-            "optimizer": optimizer,
+            "optimizer": optimizer_state(self.optimizer),
             "scheduler": self.scheduler.state_dict(),
             "shadows": {name: [t.detach().clone() for t in tracked] for name, (_, tracked, _) in self.shadows.items()},
-            "engine": {key: int(getattr(self.engine, key)) for key in self._ENGINE_COUNTERS},
+            "engine": {key: int(getattr(self.engine, key)) for key in ENGINE_COUNTERS},
+            "modules": {name: extra.state_dict() for name, extra in self.modules.items()},
             "rng": capture_rng(),
         }
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         """Restore a `state_dict()` of the same rank and config (after setup())."""
         load_trainable_state_dict(self.engine.module, state["weights"])
-        if self.cfg["zero_stage"] in (1, 2):
-            live = self.optimizer.state_dict()
-            saved = {**{k: live[k] for k in self._RUNTIME_KEYS if k in live}, **state["optimizer"]}
-            # DeepSpeed reads entry [dp rank] of the list (the checkpoint is rigid: this rank's own partition), and
-            # takes the fp32 partition from it exactly.
-            self.optimizer.load_state_dict([saved] * self.world_size, load_optimizer_states=True,
-                                           load_from_fp32_weights=True)
-        else:
-            self.optimizer.load_state_dict(state["optimizer"])
+        load_optimizer_state(self.optimizer, state["optimizer"], self.cfg["zero_stage"], self.world_size)
         self.scheduler.load_state_dict(state["scheduler"])
         with torch.no_grad():
             for name, (_, tracked, _) in self.shadows.items():
@@ -369,6 +384,8 @@ class LearnerWorker(WorkerBase):
                     target.copy_(value)
         for key, value in state["engine"].items():
             setattr(self.engine, key, value)
+        for name, extra in self.modules.items():
+            extra.load_state_dict(state["modules"][name])
         restore_rng(state["rng"])
         self.version = int(state["version"])
 

@@ -22,6 +22,10 @@ class Models(Protocol):
 
     def trained(self): ...
 
+    def module(self, name: str): ...
+
+    def frozen(self, name: str): ...
+
 
 class Objective:
     """Base. What an objective declares, so the learner builds only what it uses:
@@ -37,11 +41,14 @@ class Objective:
     - `conditioning`: the loss takes the prompts' text conditioning (False: language models, given None);
     - `passes`: optimizer steps per minibatch; passes > 1 replays it, calling `ascend` after each backward but the
       last (free adversarial training keeps its per-row perturbation in the rows).
-    A second trained module with its own optimizer would be another `trains` entry with its own engine.
+    - `modules`: extra modules trained beside the main one, each on its own engine with its own optimizer
+      (name -> `diffrl.workers.modules.TrainedModule`); `loss` then returns a dict of losses, "main" and one per
+      module, each reaching only its own module's parameters.
     """
 
     rows_per_sample: int = 1
     shadows: dict[str, Callable[[int], float]] = {}
+    modules: dict = {}
     needs_reference: ClassVar[bool] = True
     guided: ClassVar[bool] = False
     trajectories: ClassVar[bool] = False
@@ -54,7 +61,8 @@ class Objective:
     def rows(self, batch: RolloutBatch, step: int) -> dict[str, Tensor]:
         raise NotImplementedError
 
-    def loss(self, models: Models, rows: dict[str, Tensor], cond: Conditioning) -> tuple[Tensor, dict[str, Tensor]]:
+    def loss(self, models: Models, rows: dict[str, Tensor],
+             cond: Conditioning) -> tuple[Tensor | dict[str, Tensor], dict[str, Tensor]]:
         raise NotImplementedError
 
     def ascend(self, part: dict[str, Tensor], rows: dict[str, Tensor], rows_slice: slice, loss_scale: float) -> None:

@@ -1,0 +1,179 @@
+"""The reward service's front door: a small asyncio TCP guard on the public address that bounds what a connection can
+hold before its request reaches Serve's HTTP proxy (which listens on loopback behind it).
+
+Serve's uvicorn proxy starts its keep-alive timer only after a response, so on its own a connection that never sends
+a request line, or trickles its headers a byte at a time (slowloris), holds a socket and a task forever. Here, per
+connection (limits from `reward_service.Limits`):
+- a new connection, and a kept-alive one after its response, must start a request within `idle_timeout_s` (else it
+  is closed);
+- a request's headers must be complete within `header_timeout_s` of its first byte (408) and fit in
+  `max_header_bytes` (431); a malformed Content-Length is a 400;
+- the body is forwarded as it arrives (the service answers a slow one with its own 408 after `body_timeout_s`);
+  the connection is closed if the body is still incomplete a few seconds later;
+- at most `max_connections` connections are open at once (503 beyond).
+The answer is then relayed untouched; waiting for it is bounded by Serve's `request_timeout_s`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import threading
+from http import HTTPStatus
+
+HEAD_END = b"\r\n\r\n"
+BODY_GRACE_S = 5.0  # past body_timeout_s: the service has answered 408 by then
+
+
+class Refusal(Exception):
+    def __init__(self, status: int, reason: str) -> None:
+        super().__init__(reason)
+        self.status, self.reason = status, reason
+
+
+def body_length(head: bytes) -> "int | None":
+    """The request body's length from its headers; None for a chunked body (passed through; the service answers it
+    with 411)."""
+    length = 0
+    for line in head.split(b"\r\n")[1:]:
+        name, _, value = line.partition(b":")
+        name, value = name.strip().lower(), value.strip()
+        if name == b"transfer-encoding":
+            return None
+        if name == b"content-length":
+            if not value.isdigit():
+                raise Refusal(400, f"Content-Length {value.decode(errors='replace')!r} is not a number")
+            length = int(value)
+    return length
+
+
+def _answer(status: int, reason: str) -> bytes:
+    body = json.dumps({"error": reason}).encode()
+    return (f"HTTP/1.1 {status} {HTTPStatus(status).phrase}\r\nContent-Type: application/json\r\n"
+            f"Content-Length: {len(body)}\r\nConnection: close\r\n\r\n").encode() + body
+
+
+class FrontDoor:
+    """Listens on host:port and relays each connection to `upstream` (host, port) under the limits above."""
+
+    def __init__(self, host: str, port: int, upstream: "tuple[str, int]", limits) -> None:
+        self.host, self.port, self.upstream, self.limits = host, port, upstream, limits
+        self.open_connections = 0
+        self._loop = asyncio.new_event_loop()
+        self._ready = threading.Event()
+        self._error: "BaseException | None" = None
+        self._server: "asyncio.base_events.Server | None" = None
+
+    def start(self) -> "FrontDoor":
+        threading.Thread(target=self._run, name=f"front-door-{self.port}", daemon=True).start()
+        self._ready.wait()
+        if self._error is not None:
+            raise self._error
+        return self
+
+    def stop(self) -> None:
+        if self._server is not None:
+            self._loop.call_soon_threadsafe(self._server.close)
+        self._loop.call_soon_threadsafe(self._loop.stop)
+
+    def _run(self) -> None:
+        asyncio.set_event_loop(self._loop)
+        try:
+            self._server = self._loop.run_until_complete(
+                asyncio.start_server(self._connection, self.host, self.port))
+        except OSError as err:
+            self._error = OSError(f"serve-reward: cannot listen on {self.host}:{self.port}: {err.strerror or err}")
+        self._ready.set()
+        if self._error is None:
+            self._loop.run_forever()
+
+    async def _connection(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        if self.open_connections >= self.limits.max_connections:
+            writer.write(_answer(503, f"{self.limits.max_connections} connections are open; the limit is reached"))
+            await _close(writer)
+            return
+        self.open_connections += 1
+        upstream: "asyncio.StreamWriter | None" = None
+        try:
+            up_reader, upstream = await asyncio.open_connection(*self.upstream)
+            answered = asyncio.Event()
+            answered.set()  # the idle timer of a new connection runs from its opening
+            relay = asyncio.ensure_future(_relay(up_reader, writer, answered))
+            requests = asyncio.ensure_future(self._requests(reader, writer, upstream, answered))
+            done, _ = await asyncio.wait({relay, requests}, return_when=asyncio.FIRST_COMPLETED)
+            if requests in done and requests.exception() is None and not answered.is_set():
+                await asyncio.wait({relay}, timeout=self.limits.request_timeout_s)  # the client stopped sending
+            for task in (relay, requests):
+                task.cancel()
+        except OSError:
+            pass
+        finally:
+            self.open_connections -= 1
+            for stream in (upstream, writer):
+                if stream is not None:
+                    await _close(stream)
+
+    async def _requests(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter,
+                        upstream: asyncio.StreamWriter, answered: asyncio.Event) -> None:
+        limits, loop, buffer = self.limits, asyncio.get_running_loop(), b""
+        while True:
+            await answered.wait()  # no idle timer while the service works on the last request
+            if not buffer:
+                try:
+                    buffer = await asyncio.wait_for(reader.read(1 << 16), limits.idle_timeout_s)
+                except asyncio.TimeoutError:
+                    return  # idle: closed without an answer, as uvicorn closes idle keep-alive connections
+                if not buffer:
+                    return
+            try:
+                deadline = loop.time() + limits.header_timeout_s
+                while HEAD_END not in buffer[:limits.max_header_bytes + len(HEAD_END)]:
+                    if len(buffer) > limits.max_header_bytes:
+                        raise Refusal(431, f"request headers exceed {limits.max_header_bytes} bytes")
+                    try:
+                        chunk = await asyncio.wait_for(reader.read(1 << 16), max(0.0, deadline - loop.time()))
+                    except asyncio.TimeoutError:
+                        raise Refusal(408, f"the request headers did not arrive within "
+                                           f"{limits.header_timeout_s:g} s") from None
+                    if not chunk:
+                        return
+                    buffer += chunk
+                end = buffer.index(HEAD_END) + len(HEAD_END)
+                head, buffer = buffer[:end], buffer[end:]
+                length = body_length(head)
+            except Refusal as refusal:
+                writer.write(_answer(refusal.status, refusal.reason))
+                await writer.drain()
+                raise
+            answered.clear()
+            upstream.write(head)
+            if length is None:  # chunked: relayed until the client or the service closes
+                upstream.write(buffer)
+                while chunk := await asyncio.wait_for(reader.read(1 << 16), limits.idle_timeout_s):
+                    upstream.write(chunk)
+                return
+            body, buffer = buffer[:length], buffer[length:]
+            upstream.write(body)
+            remaining, deadline = length - len(body), loop.time() + limits.body_timeout_s + BODY_GRACE_S
+            while remaining > 0:
+                chunk = await asyncio.wait_for(reader.read(min(remaining, 1 << 16)), max(0.0, deadline - loop.time()))
+                if not chunk:
+                    return
+                upstream.write(chunk)
+                remaining -= len(chunk)
+            await upstream.drain()
+
+
+async def _relay(source: asyncio.StreamReader, sink: asyncio.StreamWriter, answered: asyncio.Event) -> None:
+    while chunk := await source.read(1 << 16):
+        sink.write(chunk)
+        await sink.drain()
+        answered.set()
+
+
+async def _close(writer: asyncio.StreamWriter) -> None:
+    try:
+        writer.close()
+        await asyncio.wait_for(writer.wait_closed(), 1.0)
+    except (OSError, asyncio.TimeoutError):
+        pass
