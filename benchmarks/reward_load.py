@@ -99,8 +99,8 @@ def main() -> None:
     lost = total - len(counts)
     p50, p99 = np.percentile(latencies, [50, 99]) * 1000 if latencies else (float("nan"), float("nan"))
     text = (
-        f"`diffrl serve-reward` (Ray Serve, {args.replicas} replicas of 0.5 CPU behind a FastAPI ingress, default "
-        f"limits; JSON with raw uint8 images) on 127.0.0.1, "
+        f"`diffrl serve-reward` (Ray Serve, {args.replicas} replicas of 0.5 CPU behind a FastAPI ingress and the "
+        f"connection-bounding front door, default limits; JSON with raw uint8 images) on 127.0.0.1, "
         f"{args.clients} concurrent clients x {args.requests} requests, 4 images of 64x64 per request, "
         f"{os.cpu_count()} CPU cores.\n\n"
         "| requests | answered | lost | duplicated | crossed | failed | throughput (req/s) | p50 (ms) | p99 (ms) |\n"

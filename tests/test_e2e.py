@@ -19,6 +19,10 @@ from diffrl.kinds import run_job
 REPO = Path(__file__).resolve().parents[1]
 FAST = ["trainer.steps=2", "rollout.prompts_per_step=2", "rollout.group_size=4", "trainer.eval_seeds_per_prompt=1",
         "trainer.eval_every=1"]
+# The fast RL test: 15 AWM steps at a higher learning rate on one tag's prompts; measured +0.111 (0.389 -> 0.500,
+# 16 seeds per held-out prompt) in 51 s on 2 cores; the bar is half of that.
+FAST_RL = ["trainer.steps=15", "trainer.eval_every=0", "trainer.eval_seeds_per_prompt=16", "learner.lr=1e-4"]
+FAST_RL_GAIN = 0.055
 
 
 def check_run(run_dir: Path) -> list[dict]:
@@ -77,7 +81,23 @@ def test_local_backend_run_and_no_overwrite(tmp_path):
 
 @pytest.mark.slow
 def test_demo_raises_heldout_reward(tmp_path):
-    """The embedded default's promise: +0.15 held-out strict GenEval-shapes within the demo budget."""
+    """The embedded default's promise: +0.20 held-out strict GenEval-shapes within the demo budget (measured +0.224)."""
     cfg = load_job(REPO / "configs/shapes_awm.yaml", [f"output_dir={tmp_path}"])
     summary = run_job(cfg)
-    assert summary["final"] - summary["base"] >= 0.15
+    assert summary["final"] - summary["base"] >= 0.20
+
+
+def test_rl_raises_heldout_reward_fast(tmp_path):
+    """RL raises held-out reward, fast: AWM on the shapes world's color-attribution prompts (a prompt file, as users
+    bring their own), evaluated on the held-out ones of that tag with the same fixed seeds before and after."""
+    from diffrl.envs.shapes import prompt_splits
+
+    train, heldout = prompt_splits(heldout_fraction=0.25, seed=0)
+    for name, entries in (("train", train), ("eval", heldout)):
+        lines = [json.dumps(e) for e in entries if e["tag"] == "color_attr"]
+        (tmp_path / f"{name}.jsonl").write_text("\n".join(lines) + "\n")
+    cfg = load_job(REPO / "configs/shapes_awm.yaml", [
+        f"output_dir={tmp_path}", "backend=local", "data.source=files", f"data.train_file={tmp_path / 'train.jsonl'}",
+        f"data.eval_file={tmp_path / 'eval.jsonl'}", *FAST_RL])
+    summary = run_job(cfg, echo=lambda _: None)
+    assert summary["final"] - summary["base"] >= FAST_RL_GAIN, summary
