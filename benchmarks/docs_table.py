@@ -15,3 +15,10 @@ def replace_section(path: Path, title: str, body: str) -> None:
     pattern = re.compile(rf"^## {re.escape(title)}\n.*?(?=^## |\Z)", re.S | re.M)
     text = pattern.sub(lambda _: section + "\n", text) if pattern.search(text) else text.rstrip() + "\n\n" + section
     path.write_text(text.rstrip() + "\n")
+
+
+def publish(path: Path, title: str, intro: str, rows: list[str]) -> None:
+    """Write the section `title` as an introductory paragraph and a table, and print it."""
+    body = "\n".join([intro, "", *rows])
+    replace_section(path, title, body)
+    print(body)

@@ -27,7 +27,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
-from docs_table import replace_section  # noqa: E402
+from docs_table import publish  # noqa: E402
 
 from diffrl.algorithms.sol import kendall_tau, select_seeds, top_k_agreement  # noqa: E402
 from diffrl.kinds import load_job  # noqa: E402
@@ -91,15 +91,12 @@ def main() -> None:
                             f"{f['tau_chosen']:.3f} | {f['topk']:.3f} | {f['ties']:.2f} |")
                 print(rows[-1], flush=True)
     n_prompts = len(requests) // POOL
-    body = "\n".join([
-        f"Exploration rewards vs the same seeds regenerated in full precision with {cfg.rollout.num_steps} steps "
-        f"(the reference), {n_prompts} training prompts x {POOL} seeds, base model, GenEval-shapes rewards; "
-        "tau-b per prompt (ties corrected), averaged over prompts. `benchmarks/sol_fidelity.py`; NVFP4 is emulated "
-        "on CPU (fake quantization, the same numerics as the GPU path's weights and activations), so the cost column "
-        "counts NFEs only.", "", *rows])
-    replace_section(REPO / "docs/benchmarks.md", "Sol-RL ranking fidelity", body)
-    print(body)
-
+    publish(REPO / "docs/benchmarks.md", "Sol-RL ranking fidelity",
+            f"Exploration rewards vs the same seeds regenerated in full precision with {cfg.rollout.num_steps} steps "
+            f"(the reference), {n_prompts} training prompts x {POOL} seeds, base model, GenEval-shapes rewards; "
+            "tau-b per prompt (ties corrected), averaged over prompts. `benchmarks/sol_fidelity.py`; NVFP4 is emulated "
+            "on CPU (fake quantization, the same numerics as the GPU path's weights and activations), so the cost "
+            "column counts NFEs only.", rows)
 
 if __name__ == "__main__":
     main()

@@ -54,6 +54,21 @@ def test_bit_exact_against_torchao(name):
     assert torch.equal(mine.tensor_scale, ref.per_tensor_scale.to(torch.float32))
 
 
+
+@pytest.mark.parametrize("name", list(cases()))
+def test_fake_quantize_is_bit_exact_against_torchao(name):
+    """The fast path (no round trip through codes) gives torchao's dequantized tensor bit for bit, in x's dtype."""
+    x = cases()[name]
+    ref, _ = reference(x)
+    ours = fake_quantize(x)
+    assert ours.dtype == x.dtype
+    assert torch.equal(ours.float().view(torch.int32), ref.dequantize(x.dtype).float().view(torch.int32))
+
+
+def test_fake_quantize_pads_like_quantize():
+    x = torch.randn(5, 40, generator=torch.Generator().manual_seed(2)) * 3
+    assert torch.equal(fake_quantize(x).view(torch.int32), quantize(x, pad=True).dequantize().view(torch.int32))
+
 def test_e2m1_rounding_is_nearest_even_on_the_grid():
     x = torch.tensor([0.24, 0.25, 0.26, 0.75, 1.25, 1.75, 2.5, 3.5, 5.0, 5.01, 6.0, -2.5, -0.25])
     expected = torch.tensor([0.0, 0.0, 0.5, 1.0, 1.0, 2.0, 2.0, 4.0, 4.0, 6.0, 6.0, -2.0, -0.0])

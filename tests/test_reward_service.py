@@ -211,6 +211,20 @@ def test_connections_that_send_nothing_or_trickle_headers_are_closed(service):
     assert len(RemoteReward(urls["plain"])(IMAGES, PROMPTS, META).scores) == 3  # still up
 
 
+def test_the_front_door_answers_502_when_the_service_is_down_and_names_a_busy_port():
+    from diffrl.cluster.front_door import FrontDoor
+
+    door = FrontDoor("127.0.0.1", free_port(), ("127.0.0.1", free_port()), LIMITS).start()  # nothing upstream
+    try:
+        with socket.create_connection(("127.0.0.1", door.port), timeout=30) as client:
+            answer = read_all(client).decode()
+        assert answer.startswith("HTTP/1.1 502") and "the reward service is unreachable" in answer
+        with pytest.raises(OSError, match=f"cannot listen on 127.0.0.1:{door.port}"):
+            FrontDoor("127.0.0.1", door.port, ("127.0.0.1", 1), LIMITS).start()
+    finally:
+        door.stop()
+
+
 def test_connections_beyond_the_limit_are_a_503(service):
     urls, _, port = service
     held = [socket.create_connection(("127.0.0.1", port), timeout=30) for _ in range(12)]

@@ -105,8 +105,9 @@ class FrontDoor:
                 await asyncio.wait({relay}, timeout=self.limits.request_timeout_s)  # the client stopped sending
             for task in (relay, requests):
                 task.cancel()
-        except OSError:
-            pass
+        except OSError as err:
+            if upstream is None:  # the service behind the door is not (yet) listening
+                writer.write(_answer(502, f"the reward service is unreachable: {err.strerror or err}"))
         finally:
             self.open_connections -= 1
             for stream in (upstream, writer):

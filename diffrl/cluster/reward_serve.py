@@ -13,6 +13,7 @@ from fastapi.responses import JSONResponse
 from diffrl.cluster.front_door import FrontDoor
 from diffrl.cluster.reward_service import Limits, RequestError, authorized, parse_request
 from diffrl.rewards.remote import LOOPBACK
+from diffrl.utils.net import free_port
 
 _DOORS: "dict[tuple[str, int], FrontDoor]" = {}
 _PROXY: "dict[str, int]" = {}  # the loopback port of this process's Serve proxy
@@ -102,8 +103,12 @@ def start_service(name: str, kwargs: "dict | None" = None, host: str = "127.0.0.
     connect_ray(num_cpus=num_cpus or max(2, int(replicas * cpus_per_replica) + 1), num_gpus=None)
     quiet = {"log_level": "INFO" if os.environ.get("DIFFRL_VERBOSE") else "WARNING"}
     logging.getLogger("ray.serve").setLevel(quiet["log_level"])
-    if "port" not in _PROXY:
-        _PROXY["port"] = _free_loopback_port()
+    new_proxy = "port" not in _PROXY
+    if new_proxy:
+        _PROXY["port"] = free_port("127.0.0.1")
+    if (host, port) not in _DOORS:  # before anything is deployed: a public port in use fails here
+        _DOORS[host, port] = FrontDoor(host, port, ("127.0.0.1", _PROXY["port"]), limits).start()
+    if new_proxy:
         serve.start(http_options={"host": "127.0.0.1", "port": _PROXY["port"], "request_timeout_s":
                                   limits.request_timeout_s, "keep_alive_timeout_s": limits.idle_timeout_s},
                     logging_config=quiet)
@@ -112,8 +117,6 @@ def start_service(name: str, kwargs: "dict | None" = None, host: str = "127.0.0.
         logging_config=quiet)
     serve.run(deployment.bind(), name=f"reward{route_prefix.replace('/', '-')}", route_prefix=route_prefix,
               blocking=False)
-    if (host, port) not in _DOORS:
-        _DOORS[host, port] = FrontDoor(host, port, ("127.0.0.1", _PROXY["port"]), limits).start()
     return f"http://{host}:{port}{route_prefix.rstrip('/')}"
 
 
@@ -127,11 +130,3 @@ def stop_service() -> None:
     _PROXY.clear()
     serve.shutdown()
     ray.shutdown()
-
-
-def _free_loopback_port() -> int:
-    import socket
-
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
