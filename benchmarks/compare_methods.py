@@ -5,8 +5,14 @@ step count and eval schedule. Rollout NFEs = samples x sampler steps (no CFG in 
 counted. Wall time is the sum of the RL step times (eval excluded). Writes the table into docs/benchmarks.md (section
 "Method comparison") and the plot to docs/compare_methods.png.
 
+With several training seeds (--seeds; the held-out eval seeds are the same for every run) the table gives the mean
+and per-seed finals, the plot the mean curve with a band spanning the seeds, and the NFE ratio is reported on the
+mean curves and per seed. Each (method, seed) run is saved to benchmarks/results/compare_methods/ when it ends, so an
+interrupted benchmark resumes with the runs it lacks (--fresh reruns them).
+
 Target (issue 4): AWM reaches Flow-GRPO's final held-out reward with at least 8x fewer rollout NFEs.
-Usage: .venv/bin/python benchmarks/compare_methods.py [--steps 200] [--eval-every 25] [--eval-seeds 16]
+Usage: .venv/bin/python benchmarks/compare_methods.py [--steps 200] [--eval-every 25] [--eval-seeds 16] [--seeds 0]
+       [--early-steps 0] [--early-every 10]
 """
 
 from __future__ import annotations
@@ -18,6 +24,8 @@ import sys
 import tempfile
 from pathlib import Path
 
+import numpy as np
+
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
@@ -27,13 +35,14 @@ from diffrl.kinds import load_job  # noqa: E402
 from diffrl.kinds import run_job  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
+RESULTS = REPO / "benchmarks/results/compare_methods"
 METHODS = {"flow_grpo": "Flow-GRPO", "awm": "AWM", "nft": "DiffusionNFT"}
 
 
-def run_method(method: str, args: argparse.Namespace, out: Path) -> dict:
+def run_method(method: str, seed: int, args: argparse.Namespace, out: Path, steps: int, every: int) -> dict:
     cfg = load_job(REPO / f"configs/shapes_{method}.yaml", [
-        f"trainer.steps={args.steps}", f"trainer.eval_every={args.eval_every}",
-        f"trainer.eval_seeds_per_prompt={args.eval_seeds}", f"output_dir={out}", f"name={method}",
+        f"seed={seed}", f"trainer.steps={steps}", f"trainer.eval_every={every}",
+        f"trainer.eval_seeds_per_prompt={args.eval_seeds}", f"output_dir={out}", f"name={method}_seed{seed}",
     ])
     summary = run_job(cfg)
     records = [json.loads(line) for line in (Path(summary["run_dir"]) / "metrics.jsonl").read_text().splitlines()]
@@ -45,26 +54,78 @@ def run_method(method: str, args: argparse.Namespace, out: Path) -> dict:
             walls[r["step"]] = wall
     curve = [(r["step"], r["step"] * per_step_nfe, walls[r["step"]], r["eval/headline"])
              for r in records if "eval/headline" in r]
-    return {"method": method, "curve": curve, "step_time": wall / max(args.steps, 1)}
+    return {"method": method, "seed": seed, "curve": curve, "step_time": wall / max(steps, 1),
+            "settings": [steps, every, args.eval_seeds]}
+
+
+def cached(method: str, seed: int, args: argparse.Namespace, steps: int, every: int, tag: str = "") -> dict:
+    """One run's result, from its saved file or by running it (saved atomically as soon as it ends)."""
+    RESULTS.mkdir(parents=True, exist_ok=True)
+    saved = RESULTS / f"{method}{tag}_seed{seed}.json"
+    result = json.loads(saved.read_text()) if saved.exists() and not args.fresh else None
+    if result is None or result["settings"] != [steps, every, args.eval_seeds]:
+        print(f"== {METHODS[method]}{tag}, seed {seed}: {steps} steps, evals every {every}", flush=True)
+        with tempfile.TemporaryDirectory() as tmp:
+            result = run_method(method, seed, args, Path(tmp), steps, every)
+        saved.with_suffix(".tmp").write_text(json.dumps(result, indent=1))
+        saved.with_suffix(".tmp").replace(saved)
+    return result
+
+
+def runs(methods: list[str], args: argparse.Namespace) -> dict[str, list[dict]]:
+    """Every (method, seed) result. With --early-steps, AWM's curve also gets the evals of a short run that evaluates
+    every --early-every steps (a run's training does not depend on its eval schedule: both runs must agree on the
+    evals they share, which is checked), so the NFE ratio is not bounded by the first regular eval."""
+    out: dict[str, list[dict]] = {}
+    for method in methods:
+        for seed in args.seeds:
+            result = cached(method, seed, args, args.steps, args.eval_every)
+            if method == "awm" and args.early_steps:
+                early = cached(method, seed, args, args.early_steps, args.early_every, "_early")
+                merged = {p[0]: p for p in result["curve"]}
+                for point in early["curve"]:
+                    if point[0] in merged and merged[point[0]][3] != point[3]:
+                        raise SystemExit(f"AWM seed {seed}: the early run's eval at step {point[0]} ({point[3]}) "
+                                         f"differs from the full run's ({merged[point[0]][3]})")
+                    merged.setdefault(point[0], point)
+                result = {**result, "curve": [merged[step] for step in sorted(merged)]}
+            out.setdefault(method, []).append(result)
+    return out
+
+
+def mean_curve(seeds: list[dict]) -> list[tuple]:
+    """(step, NFEs, mean wall, mean score) over the seeds, eval by eval."""
+    return [(points[0][0], points[0][1], float(np.mean([p[2] for p in points])), float(np.mean([p[3] for p in points])))
+            for points in zip(*(r["curve"] for r in seeds))]
 
 
 def first_reaching(curve: list[tuple], target: float) -> tuple | None:
     return next((point for point in curve if point[3] >= target), None)
 
 
-def plot(results: list[dict], path: Path) -> None:
+def nfe_ratio(grpo: list[tuple], awm: list[tuple]) -> tuple[float, tuple, tuple | None]:
+    """Flow-GRPO's final reward, the point where Flow-GRPO first reaches it, and where AWM does (None: never)."""
+    target = grpo[-1][3]
+    return target, first_reaching(grpo, target), first_reaching(awm, target)
+
+
+def plot(results: dict[str, list[dict]], path: Path) -> None:
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
     fig, axes = plt.subplots(1, 2, figsize=(10, 3.8))
-    for result in results:
-        _, nfes, walls, scores = zip(*result["curve"])
-        axes[0].plot(nfes, scores, marker="o", label=METHODS[result["method"]])
-        axes[1].plot(walls, scores, marker="o", label=METHODS[result["method"]])
+    for method, seeds in results.items():
+        _, nfes, walls, scores = zip(*mean_curve(seeds))
+        every = np.array([[p[3] for p in r["curve"]] for r in seeds])
+        label = f"{METHODS[method]} ({len(seeds)} seed{'s' if len(seeds) > 1 else ''})"
+        for ax, xs in ((axes[0], nfes), (axes[1], walls)):
+            line, = ax.plot(xs, scores, marker="o", label=label)
+            if len(seeds) > 1:
+                ax.fill_between(xs, every.min(0), every.max(0), color=line.get_color(), alpha=0.15)
     axes[0].set_xlabel("rollout NFEs")
-    axes[1].set_xlabel("wall time of RL steps (s)")
+    axes[1].set_xlabel("wall time of RL steps (s, mean over seeds)")
     for ax in axes:
         ax.set_ylabel("held-out GenEval-shapes (strict)")
         ax.grid(alpha=0.3)
@@ -74,46 +135,61 @@ def plot(results: list[dict], path: Path) -> None:
     plt.close(fig)
 
 
+def verdict(label: str, grpo: list[tuple], awm: list[tuple], steps: int) -> str:
+    target, grpo_point, awm_point = nfe_ratio(grpo, awm)
+    if awm_point is None:
+        return f"{label}: AWM never reached Flow-GRPO's final held-out reward {target:.3f} within {steps} steps."
+    if awm_point[1] == 0:
+        return f"{label}: the base model already scores Flow-GRPO's final {target:.3f}."
+    speedup = grpo_point[1] / awm_point[1]
+    return (f"{label}: Flow-GRPO's final held-out reward {target:.3f} (first reached after {grpo_point[1]} rollout "
+            f"NFEs) is reached by AWM after {awm_point[1]} NFEs: **{speedup:.1f}x fewer NFEs** "
+            f"({'meets' if speedup >= 8 else 'misses'} the 8x target; the AWM paper reports up to 24x).")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--steps", type=int, default=200)
     parser.add_argument("--eval-every", type=int, default=25)
     parser.add_argument("--eval-seeds", type=int, default=16)
     parser.add_argument("--methods", default="flow_grpo,awm,nft")
+    parser.add_argument("--seeds", type=int, nargs="+", default=[0], help="training seeds per method")
+    parser.add_argument("--fresh", action="store_true", help="rerun saved (method, seed) results")
+    parser.add_argument("--early-steps", type=int, default=0, help="a short AWM run with denser evals (0: none)")
+    parser.add_argument("--early-every", type=int, default=10, help="its eval interval")
     args = parser.parse_args()
     methods = args.methods.split(",")
     unknown = sorted(set(methods) - set(METHODS))
     if unknown:
         parser.error(f"unknown methods {unknown}; allowed: {sorted(METHODS)}")
-    with tempfile.TemporaryDirectory() as tmp:
-        results = [run_method(method, args, Path(tmp)) for method in methods]
+    results = runs(methods, args)
     plot(results, REPO / "docs/compare_methods.png")
 
-    rows = ["| method | base | final | best | rollout NFEs per step | mean RL step (s) |", "| --- | --- | --- | --- | --- | --- |"]
-    for r in results:
-        scores = [p[3] for p in r["curve"]]
-        per_step = r["curve"][1][1] // r["curve"][1][0] if len(r["curve"]) > 1 else 0
-        rows.append(f"| {METHODS[r['method']]} | {scores[0]:.3f} | {scores[-1]:.3f} | {max(scores):.3f} | "
-                    f"{per_step} | {r['step_time']:.2f} |")
+    rows = ["| method | base | final, mean | final per seed | best, mean | rollout NFEs per step | mean RL step (s) |",
+            "| --- | --- | --- | --- | --- | --- | --- |"]
+    for method, seeds in results.items():
+        curve = mean_curve(seeds)
+        finals = " / ".join(f"{r['curve'][-1][3]:.3f}" for r in seeds)
+        per_step = curve[1][1] // curve[1][0] if len(curve) > 1 else 0
+        rows.append(f"| {METHODS[method]} | {curve[0][3]:.3f} | {curve[-1][3]:.3f} | {finals} | "
+                    f"{max(p[3] for p in curve):.3f} | {per_step} | {np.mean([r['step_time'] for r in seeds]):.2f} |")
     lines = [
         f"Shapes world, {args.steps} RL steps per method (8 prompts x 8 samples, 10 sampler steps), held-out eval "
-        f"every {args.eval_every} steps with {args.eval_seeds} seeds per prompt, on {os.cpu_count()} CPU cores.",
+        f"every {args.eval_every} steps with {args.eval_seeds} seeds per prompt (the same for every run), training "
+        f"seeds {', '.join(map(str, args.seeds))}, on {os.cpu_count()} CPU cores.",
         "", *rows, "", "![held-out reward vs rollout NFEs and wall time](compare_methods.png)", "",
     ]
-    by_method = {r["method"]: r for r in results}
-    if "flow_grpo" in by_method and "awm" in by_method:
-        target = by_method["flow_grpo"]["curve"][-1][3]
-        grpo_point, awm_point = first_reaching(by_method["flow_grpo"]["curve"], target), first_reaching(
-            by_method["awm"]["curve"], target)
-        if awm_point is None or awm_point[1] == 0:
-            verdict = (f"AWM never reached Flow-GRPO's final held-out reward {target:.3f} within {args.steps} steps"
-                       if awm_point is None else f"the base model already scores Flow-GRPO's final {target:.3f}")
-        else:
-            speedup = grpo_point[1] / awm_point[1]
-            verdict = (f"Flow-GRPO's final held-out reward {target:.3f} (first reached after {grpo_point[1]} rollout "
-                       f"NFEs) is reached by AWM after {awm_point[1]} NFEs: **{speedup:.1f}x fewer NFEs** "
-                       f"({'meets' if speedup >= 8 else 'misses'} the 8x target; the AWM paper reports up to 24x).")
-        lines.append(verdict)
+    if args.early_steps and "awm" in results:
+        lines[0] += (f" AWM's first {args.early_steps} steps are also evaluated every {args.early_every} steps (a "
+                     "second run per seed, whose evals at the steps both runs evaluate are identical to the full "
+                     "run's: training does not depend on the eval schedule), so its NFE count is not bounded below "
+                     "by the first regular eval.")
+    if "flow_grpo" in results and "awm" in results:
+        grpo, awm = results["flow_grpo"], results["awm"]
+        if len(args.seeds) > 1:
+            lines.append("- " + verdict("Mean curves", mean_curve(grpo), mean_curve(awm), args.steps))
+        for g, a in zip(grpo, awm):
+            lines.append("- " + verdict(f"Seed {g['seed']}", g["curve"], a["curve"], args.steps))
     text = "\n".join(lines) + "\n"
     replace_section(REPO / "docs/benchmarks.md", "Method comparison", text)
     print(text)

@@ -77,6 +77,11 @@ def run_arm(index: int, seed: int, args: argparse.Namespace, out: Path) -> dict:
     }
 
 
+def eval_steps(args: argparse.Namespace) -> list[int]:
+    """The steps a run with these settings evaluates at (step 0, every eval_every, the last)."""
+    return sorted(set(range(0, args.steps + 1, args.eval_every or max(args.steps, 1))) | {args.steps})
+
+
 def runs(args: argparse.Namespace) -> dict[str, list[dict]]:
     """Every (arm, seed) result, from the saved file or by running it (saved as soon as it ends)."""
     RESULTS.mkdir(parents=True, exist_ok=True)
@@ -85,7 +90,7 @@ def runs(args: argparse.Namespace) -> dict[str, list[dict]]:
         for seed in args.seeds:
             saved = RESULTS / f"arm{index}_seed{seed}.json"
             result = json.loads(saved.read_text()) if saved.exists() else None
-            stale = result is not None and (result["steps"] != args.steps or len(result["curve"]) < 2)
+            stale = result is not None and [step for step, _ in result["curve"]] != eval_steps(args)
             if index in args.arms and (args.fresh or result is None or stale):
                 print(f"== {name}, seed {seed}", flush=True)
                 with tempfile.TemporaryDirectory() as tmp:
@@ -93,7 +98,10 @@ def runs(args: argparse.Namespace) -> dict[str, list[dict]]:
                 tmp_file = saved.with_suffix(".tmp")
                 tmp_file.write_text(json.dumps(result, indent=1))
                 tmp_file.replace(saved)
-            if result is not None:
+            if result is not None and [step for step, _ in result["curve"]] != eval_steps(args):
+                print(f"skipping the saved {name}, seed {seed}: it has another eval schedule (rerun it with "
+                      f"--arms {index})", flush=True)
+            elif result is not None:
                 out.setdefault(name, []).append(result)
     return out
 
@@ -133,7 +141,7 @@ def table(results: dict[str, list[dict]], args: argparse.Namespace) -> list[str]
     lines = [
         f"Shapes world, {args.steps} learner steps per arm, 4 prompts x 24 trained samples per step, AWM learner "
         f"(lr 6e-5), held-out eval every {args.eval_every} steps at 32 fixed seeds per prompt (the same for every arm "
-        f"and seed; base {base:.3f}), training seeds {', '.join(map(str, args.seeds))}, {os.cpu_count()} CPU cores. "
+        f"and seed; base {base:.3f}), training seeds {', '.join(map(str, args.seeds))}; {os.cpu_count()} CPU cores. "
         "`benchmarks/sol_rl.py`. **On CPU the NVFP4 copy is emulated (fake quantization in float32), so exploring in "
         "NVFP4 is slower than full precision here; the speed-up needs NVFP4 tensor cores (transformer-engine on "
         "compute capability 10.x).** The times show where a step goes, not Sol-RL's GPU speed.",

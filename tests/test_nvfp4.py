@@ -36,10 +36,15 @@ def cases():
     mixed_sign_zero = torch.zeros(4, 32)
     mixed_sign_zero[:, 0] = 1.0
     mixed_sign_zero[:, 1] = -1e-9
+    # Exact ties: tensor amax 2688 = 448 * 6 makes the tensor scale 1 and the ties block's scale 6 / 6 = 1, so the
+    # scaled values are the boundaries themselves (above, a reciprocal of 0.99999994 moves them off the ties).
+    exact_ties = torch.zeros(4, 32)
+    exact_ties[:, :16] = ties[0]
+    exact_ties[:, 16] = 2688.0
     bf16 = torch.randn(8, 48, generator=g).to(torch.bfloat16)
     three_d = torch.randn(2, 8, 32, generator=g)
     return {"normal": normal, "heavy": heavy, "tiny": tiny, "huge": huge, "outlier": outlier, "ties": ties,
-            "mixed_sign_zero": mixed_sign_zero, "bf16": bf16, "3d": three_d}
+            "exact_ties": exact_ties, "mixed_sign_zero": mixed_sign_zero, "bf16": bf16, "3d": three_d}
 
 
 @pytest.mark.parametrize("name", list(cases()))
@@ -65,9 +70,23 @@ def test_fake_quantize_is_bit_exact_against_torchao(name):
     assert torch.equal(ours.float().view(torch.int32), ref.dequantize(x.dtype).float().view(torch.int32))
 
 
-def test_fake_quantize_pads_like_quantize():
-    x = torch.randn(5, 40, generator=torch.Generator().manual_seed(2)) * 3
-    assert torch.equal(fake_quantize(x).view(torch.int32), quantize(x, pad=True).dequantize().view(torch.int32))
+def test_exact_ties_are_really_on_the_grid_boundaries():
+    x = cases()["exact_ties"]
+    q = quantize(x)
+    assert float(q.tensor_scale) == 1.0 and torch.all(q.block_scales[:, 0].float() == 1.0)
+    assert torch.equal(q.dequantize()[0, :16], e2m1_round(x[0, :16]))  # 0.25 -> 0, 0.75 -> 1, 2.5 -> 2, 5 -> 4, ...
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+@pytest.mark.parametrize("name", ["random", "zeros", "tiny_with_zeros"])
+def test_fake_quantize_matches_quantize_dequantize(name, dtype):
+    """Bit for bit quantize(x, pad=True).dequantize(x.dtype), with a padded last dimension (40), an all-zero tensor
+    and a tensor so small that the scale reciprocal overflows (its zeros must stay zeros, not NaN)."""
+    x = {"random": torch.randn(5, 40, generator=torch.Generator().manual_seed(2)) * 3, "zeros": torch.zeros(3, 40),
+         "tiny_with_zeros": torch.tensor([1e-35, 0.0, -2e-36] + [0.0] * 29).repeat(2, 1)}[name].to(dtype)
+    ours, theirs = fake_quantize(x), quantize(x, pad=True).dequantize(dtype)
+    assert torch.isfinite(ours).all() and ours.shape == x.shape and ours.dtype == dtype
+    assert torch.equal(ours.float().view(torch.int32), theirs.float().view(torch.int32))
 
 def test_e2m1_rounding_is_nearest_even_on_the_grid():
     x = torch.tensor([0.24, 0.25, 0.26, 0.75, 1.25, 1.75, 2.5, 3.5, 5.0, 5.01, 6.0, -2.5, -0.25])

@@ -54,7 +54,7 @@ def e2m1_round(x: Tensor) -> Tensor:
     neighbour.
     """
     magnitude = x.abs()
-    step = torch.where(magnitude < 2.0, 0.5, torch.where(magnitude < 4.0, 1.0, 2.0))
+    step = torch.where(magnitude < 2.0, 0.5, torch.where(magnitude < 4.0, 1.0, torch.full_like(magnitude, 2.0)))
     return torch.copysign(torch.round(magnitude / step) * step, x)
 
 
@@ -102,7 +102,9 @@ def _scaled_blocks(x: Tensor, tensor_scale: Tensor | None, pad: bool) -> tuple[T
     block_scale = block_amax / E2M1_MAX
     scale_e4m3 = torch.clamp(block_scale / scale, min=E4M3_TINY, max=E4M3_MAX).to(torch.float8_e4m3fn)
     reciprocal = (1.0 / scale) / scale_e4m3.to(torch.float32)
-    return torch.clamp(blocks * reciprocal.unsqueeze(-1), -E2M1_MAX, E2M1_MAX), scale_e4m3, scale, shape
+    # A tensor whose amax is below ~5e-34 makes the reciprocal inf; zeros must stay zeros (0 * inf would be NaN).
+    scaled = torch.where(blocks == 0, blocks, blocks * reciprocal.unsqueeze(-1))
+    return torch.clamp(scaled, -E2M1_MAX, E2M1_MAX), scale_e4m3, scale, shape
 
 
 def quantize(x: Tensor, tensor_scale: Tensor | None = None, pad: bool = False) -> NVFP4Tensor:

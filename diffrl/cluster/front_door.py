@@ -10,8 +10,10 @@ connection (limits from `reward_service.Limits`):
   `max_header_bytes` (431); a malformed Content-Length is a 400;
 - the body is forwarded as it arrives (the service answers a slow one with its own 408 after `body_timeout_s`);
   the connection is closed if the body is still incomplete a few seconds later;
-- at most `max_connections` connections are open at once (503 beyond).
-The answer is then relayed untouched; waiting for it is bounded by Serve's `request_timeout_s`.
+- at most `max_connections` connections are open at once (503 beyond);
+- while the service behind the door is not listening (starting, or gone), requests get a 502.
+The answer is then relayed untouched; waiting for it is bounded by Serve's `request_timeout_s`. A refused request's
+answer is followed by a half-close and a short linger that drops the client's remaining input.
 """
 
 from __future__ import annotations
@@ -23,6 +25,7 @@ from http import HTTPStatus
 
 HEAD_END = b"\r\n\r\n"
 BODY_GRACE_S = 5.0  # past body_timeout_s: the service has answered 408 by then
+REFUSE_LINGER_S, REFUSE_DRAIN_BYTES = 1.0, 16 << 20  # after a refusal: how long / how much input is read and dropped
 
 
 class Refusal(Exception):
@@ -107,7 +110,7 @@ class FrontDoor:
                 task.cancel()
         except OSError as err:
             if upstream is None:  # the service behind the door is not (yet) listening
-                writer.write(_answer(502, f"the reward service is unreachable: {err.strerror or err}"))
+                await _refuse(reader, writer, 502, f"the reward service is unreachable: {err.strerror or err}")
         finally:
             self.open_connections -= 1
             for stream in (upstream, writer):
@@ -143,8 +146,7 @@ class FrontDoor:
                 head, buffer = buffer[:end], buffer[end:]
                 length = body_length(head)
             except Refusal as refusal:
-                writer.write(_answer(refusal.status, refusal.reason))
-                await writer.drain()
+                await _refuse(reader, writer, refusal.status, refusal.reason)
                 raise
             answered.clear()
             upstream.write(head)
@@ -170,6 +172,26 @@ async def _relay(source: asyncio.StreamReader, sink: asyncio.StreamWriter, answe
         sink.write(chunk)
         await sink.drain()
         answered.set()
+
+
+async def _refuse(reader: asyncio.StreamReader, writer: asyncio.StreamWriter, status: int, reason: str) -> None:
+    """Answer `status` and half-close, then read and drop what the client still sends for up to REFUSE_LINGER_S (at
+    most REFUSE_DRAIN_BYTES, 64 KiB at a time): closing a socket with unread input sends a reset, which can destroy
+    the answer before the client reads it."""
+    try:
+        writer.write(_answer(status, reason))
+        await writer.drain()
+        if writer.can_write_eof():
+            writer.write_eof()
+        loop, dropped = asyncio.get_running_loop(), 0
+        deadline = loop.time() + REFUSE_LINGER_S
+        while dropped < REFUSE_DRAIN_BYTES and (left := deadline - loop.time()) > 0:
+            chunk = await asyncio.wait_for(reader.read(1 << 16), left)
+            if not chunk:
+                break
+            dropped += len(chunk)
+    except (OSError, asyncio.TimeoutError):
+        pass
 
 
 async def _close(writer: asyncio.StreamWriter) -> None:

@@ -100,23 +100,29 @@ def start_service(name: str, kwargs: "dict | None" = None, host: str = "127.0.0.
 
     from diffrl.platform.ray_cluster import connect_ray
 
-    connect_ray(num_cpus=num_cpus or max(2, int(replicas * cpus_per_replica) + 1), num_gpus=None)
-    quiet = {"log_level": "INFO" if os.environ.get("DIFFRL_VERBOSE") else "WARNING"}
-    logging.getLogger("ray.serve").setLevel(quiet["log_level"])
     new_proxy = "port" not in _PROXY
-    if new_proxy:
-        _PROXY["port"] = free_port("127.0.0.1")
-    if (host, port) not in _DOORS:  # before anything is deployed: a public port in use fails here
-        _DOORS[host, port] = FrontDoor(host, port, ("127.0.0.1", _PROXY["port"]), limits).start()
-    if new_proxy:
-        serve.start(http_options={"host": "127.0.0.1", "port": _PROXY["port"], "request_timeout_s":
-                                  limits.request_timeout_s, "keep_alive_timeout_s": limits.idle_timeout_s},
-                    logging_config=quiet)
-    deployment = _app(name, dict(kwargs or {}), token, limits).options(
-        num_replicas=replicas, ray_actor_options={"num_cpus": cpus_per_replica, "num_gpus": gpus_per_replica},
-        logging_config=quiet)
-    serve.run(deployment.bind(), name=f"reward{route_prefix.replace('/', '-')}", route_prefix=route_prefix,
-              blocking=False)
+    proxy_port = _PROXY["port"] if not new_proxy else free_port("127.0.0.1")
+    new_door = (host, port) not in _DOORS
+    if new_door:  # before Ray starts or anything is deployed: a public port in use fails here
+        _DOORS[host, port] = FrontDoor(host, port, ("127.0.0.1", proxy_port), limits).start()
+    try:
+        connect_ray(num_cpus=num_cpus or max(2, int(replicas * cpus_per_replica) + 1), num_gpus=None)
+        quiet = {"log_level": "INFO" if os.environ.get("DIFFRL_VERBOSE") else "WARNING"}
+        logging.getLogger("ray.serve").setLevel(quiet["log_level"])
+        if new_proxy:
+            serve.start(http_options={"host": "127.0.0.1", "port": proxy_port, "request_timeout_s":
+                                      limits.request_timeout_s, "keep_alive_timeout_s": limits.idle_timeout_s},
+                        logging_config=quiet)
+            _PROXY["port"] = proxy_port  # only once Serve listens there: a retry after a failure starts it again
+        deployment = _app(name, dict(kwargs or {}), token, limits).options(
+            num_replicas=replicas, ray_actor_options={"num_cpus": cpus_per_replica, "num_gpus": gpus_per_replica},
+            logging_config=quiet)
+        serve.run(deployment.bind(), name=f"reward{route_prefix.replace('/', '-')}", route_prefix=route_prefix,
+                  blocking=False)
+    except BaseException:
+        if new_door:  # nothing listens on host:port for a service that did not start
+            _DOORS.pop((host, port)).stop()
+        raise
     return f"http://{host}:{port}{route_prefix.rstrip('/')}"
 
 
