@@ -18,7 +18,6 @@ Usage: .venv/bin/python benchmarks/compare_methods.py [--steps 200] [--eval-ever
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import sys
 import tempfile
@@ -30,9 +29,11 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 from docs_table import replace_section  # noqa: E402
+from saved_runs import saved_or_run  # noqa: E402
 
 from diffrl.kinds import load_job  # noqa: E402
 from diffrl.kinds import run_job  # noqa: E402
+from diffrl.platform.reporting import MetricsLog  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
 RESULTS = REPO / "benchmarks/results/compare_methods"
@@ -45,7 +46,7 @@ def run_method(method: str, seed: int, args: argparse.Namespace, out: Path, step
         f"trainer.eval_seeds_per_prompt={args.eval_seeds}", f"output_dir={out}", f"name={method}_seed{seed}",
     ])
     summary = run_job(cfg)
-    records = [json.loads(line) for line in (Path(summary["run_dir"]) / "metrics.jsonl").read_text().splitlines()]
+    records = MetricsLog(Path(summary["run_dir"]) / "metrics.jsonl").read()
     per_step_nfe = cfg.rollout.prompts_per_step * cfg.rollout.group_size * cfg.rollout.num_steps
     wall, walls = 0.0, {0: 0.0}
     for r in records:
@@ -59,17 +60,14 @@ def run_method(method: str, seed: int, args: argparse.Namespace, out: Path, step
 
 
 def cached(method: str, seed: int, args: argparse.Namespace, steps: int, every: int, tag: str = "") -> dict:
-    """One run's result, from its saved file or by running it (saved atomically as soon as it ends)."""
-    RESULTS.mkdir(parents=True, exist_ok=True)
-    saved = RESULTS / f"{method}{tag}_seed{seed}.json"
-    result = json.loads(saved.read_text()) if saved.exists() and not args.fresh else None
-    if result is None or result["settings"] != [steps, every, args.eval_seeds]:
+    """One run's result, from its saved file or by running it."""
+    def run() -> dict:
         print(f"== {METHODS[method]}{tag}, seed {seed}: {steps} steps, evals every {every}", flush=True)
         with tempfile.TemporaryDirectory() as tmp:
-            result = run_method(method, seed, args, Path(tmp), steps, every)
-        saved.with_suffix(".tmp").write_text(json.dumps(result, indent=1))
-        saved.with_suffix(".tmp").replace(saved)
-    return result
+            return run_method(method, seed, args, Path(tmp), steps, every)
+
+    return saved_or_run(RESULTS / f"{method}{tag}_seed{seed}.json", run,
+                        lambda saved: saved["settings"] == [steps, every, args.eval_seeds], args.fresh)
 
 
 def runs(methods: list[str], args: argparse.Namespace) -> dict[str, list[dict]]:
@@ -103,12 +101,6 @@ def first_reaching(curve: list[tuple], target: float) -> tuple | None:
     return next((point for point in curve if point[3] >= target), None)
 
 
-def nfe_ratio(grpo: list[tuple], awm: list[tuple]) -> tuple[float, tuple, tuple | None]:
-    """Flow-GRPO's final reward, the point where Flow-GRPO first reaches it, and where AWM does (None: never)."""
-    target = grpo[-1][3]
-    return target, first_reaching(grpo, target), first_reaching(awm, target)
-
-
 def plot(results: dict[str, list[dict]], path: Path) -> None:
     import matplotlib
 
@@ -136,7 +128,8 @@ def plot(results: dict[str, list[dict]], path: Path) -> None:
 
 
 def verdict(label: str, grpo: list[tuple], awm: list[tuple], steps: int) -> str:
-    target, grpo_point, awm_point = nfe_ratio(grpo, awm)
+    target = grpo[-1][3]  # Flow-GRPO's final reward: where each method first reaches it
+    grpo_point, awm_point = first_reaching(grpo, target), first_reaching(awm, target)
     if awm_point is None:
         return f"{label}: AWM never reached Flow-GRPO's final held-out reward {target:.3f} within {steps} steps."
     if awm_point[1] == 0:

@@ -34,9 +34,11 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 from docs_table import replace_section  # noqa: E402
+from saved_runs import saved_or_run  # noqa: E402
 
 from diffrl.kinds import load_job  # noqa: E402
 from diffrl.kinds import run_job  # noqa: E402
+from diffrl.platform.reporting import MetricsLog  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
 RESULTS = REPO / "benchmarks/results/sol_rl"
@@ -61,7 +63,7 @@ def run_arm(index: int, seed: int, args: argparse.Namespace, out: Path) -> dict:
         f"output_dir={out}", f"name=arm{index}_seed{seed}",
     ])
     summary = run_job(cfg)
-    records = [json.loads(line) for line in (Path(summary["run_dir"]) / "metrics.jsonl").read_text().splitlines()]
+    records = MetricsLog(Path(summary["run_dir"]) / "metrics.jsonl").read()
     steps = [r for r in records if "time/step" in r]
 
     def mean(key: str) -> float | None:
@@ -84,25 +86,26 @@ def eval_steps(args: argparse.Namespace) -> list[int]:
 
 def runs(args: argparse.Namespace) -> dict[str, list[dict]]:
     """Every (arm, seed) result, from the saved file or by running it (saved as soon as it ends)."""
-    RESULTS.mkdir(parents=True, exist_ok=True)
+    def fits(result: dict) -> bool:
+        return [step for step, _ in result["curve"]] == eval_steps(args)
+
     out: dict[str, list[dict]] = {}
     for index, name in enumerate(ARMS):
         for seed in args.seeds:
             saved = RESULTS / f"arm{index}_seed{seed}.json"
-            result = json.loads(saved.read_text()) if saved.exists() else None
-            stale = result is not None and [step for step, _ in result["curve"]] != eval_steps(args)
-            if index in args.arms and (args.fresh or result is None or stale):
+
+            def run(index: int = index, seed: int = seed, name: str = name) -> dict:
                 print(f"== {name}, seed {seed}", flush=True)
                 with tempfile.TemporaryDirectory() as tmp:
-                    result = run_arm(index, seed, args, Path(tmp))
-                tmp_file = saved.with_suffix(".tmp")
-                tmp_file.write_text(json.dumps(result, indent=1))
-                tmp_file.replace(saved)
-            if result is not None and [step for step, _ in result["curve"]] != eval_steps(args):
+                    return run_arm(index, seed, args, Path(tmp))
+
+            if index in args.arms:
+                out.setdefault(name, []).append(saved_or_run(saved, run, fits, args.fresh))
+            elif saved.exists() and fits(result := json.loads(saved.read_text())):
+                out.setdefault(name, []).append(result)
+            elif saved.exists():
                 print(f"skipping the saved {name}, seed {seed}: it has another eval schedule (rerun it with "
                       f"--arms {index})", flush=True)
-            elif result is not None:
-                out.setdefault(name, []).append(result)
     return out
 
 

@@ -101,10 +101,10 @@ def _scaled_blocks(x: Tensor, tensor_scale: Tensor | None, pad: bool) -> tuple[T
     block_amax = torch.amax(blocks.abs(), dim=-1)
     block_scale = block_amax / E2M1_MAX
     scale_e4m3 = torch.clamp(block_scale / scale, min=E4M3_TINY, max=E4M3_MAX).to(torch.float8_e4m3fn)
-    reciprocal = (1.0 / scale) / scale_e4m3.to(torch.float32)
-    # A tensor whose amax is below ~5e-34 makes the reciprocal inf; zeros must stay zeros (0 * inf would be NaN).
-    scaled = torch.where(blocks == 0, blocks, blocks * reciprocal.unsqueeze(-1))
-    return torch.clamp(scaled, -E2M1_MAX, E2M1_MAX), scale_e4m3, scale, shape
+    # In a tensor whose amax is below ~4e-33 a block's reciprocal overflows; kept finite, its zeros stay zeros
+    # (0 * inf would be NaN) and its normal values still saturate at +-6.
+    reciprocal = torch.clamp((1.0 / scale) / scale_e4m3.to(torch.float32), max=torch.finfo(torch.float32).max)
+    return torch.clamp(blocks * reciprocal.unsqueeze(-1), -E2M1_MAX, E2M1_MAX), scale_e4m3, scale, shape
 
 
 def quantize(x: Tensor, tensor_scale: Tensor | None = None, pad: bool = False) -> NVFP4Tensor:

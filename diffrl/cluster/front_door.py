@@ -75,9 +75,17 @@ class FrontDoor:
         return self
 
     def stop(self) -> None:
-        if self._server is not None:
-            self._loop.call_soon_threadsafe(self._server.close)
-        self._loop.call_soon_threadsafe(self._loop.stop)
+        """Stop listening, cancel the open connections (each closes its sockets on the way out), stop the loop."""
+        if self._server is not None:  # else it never listened and its loop is not running
+            asyncio.run_coroutine_threadsafe(self._shutdown(), self._loop).result(timeout=10)
+
+    async def _shutdown(self) -> None:
+        self._server.close()
+        tasks = [task for task in asyncio.all_tasks() if task is not asyncio.current_task()]
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+        self._loop.call_soon(self._loop.stop)
 
     def _run(self) -> None:
         asyncio.set_event_loop(self._loop)

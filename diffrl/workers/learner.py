@@ -242,8 +242,8 @@ class LearnerWorker(WorkerBase):
         totals["grad_norm"] = float(self.engine.get_global_grad_norm() or grad_norm)
         if not self.engine.fp16_enabled():
             check_gradients(self.engine.module, totals["grad_norm"], step, self.rank, applied=True)
-        for extra in [self.engine, *(m.engine for m in self.modules.values())]:
-            check_weights(extra.module, step, self.rank)
+        for engine in [self.engine, *(m.engine for m in self.modules.values())]:
+            check_weights(engine.module, step, self.rank)
         return totals
 
     def _backward(self, losses: dict[str, torch.Tensor]) -> None:
