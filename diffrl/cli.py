@@ -21,6 +21,8 @@ def cmd_run(args: argparse.Namespace) -> int:
     except ConfigError as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
+    for notice in cfg.notices:
+        print(f"note: {notice}", file=sys.stderr)
     if args.check:
         print(f"{args.job}: valid {cfg.kind} job")
         return 0
@@ -109,7 +111,8 @@ def cmd_serve_reward(args: argparse.Namespace) -> int:
                         max_pixels=args.max_pixels, max_concurrent=args.max_concurrent, max_queued=args.max_queued,
                         body_timeout_s=args.body_timeout_s, request_timeout_s=args.request_timeout_s,
                         idle_timeout_s=args.idle_timeout_s, header_timeout_s=args.header_timeout_s,
-                        max_connections=args.max_connections)
+                        max_connections=args.max_connections,
+                        max_connections_per_client=args.max_connections_per_client)
         from diffrl.cluster.reward_serve import start_service, stop_service
 
         url = start_service(args.reward, kwargs, host=args.host, port=args.port, token=token, replicas=args.replicas,
@@ -196,7 +199,10 @@ def build_parser() -> argparse.ArgumentParser:
                        help="a connection must start a request within this (after opening or an answer)")
     serve.add_argument("--header-timeout-s", type=float, default=defaults.header_timeout_s,
                        help="a request's headers must be complete within this (408)")
-    serve.add_argument("--max-connections", type=int, default=defaults.max_connections, help="open at once (503 beyond)")
+    serve.add_argument("--max-connections", type=int, default=defaults.max_connections,
+                       help="open at once in all (503 beyond)")
+    serve.add_argument("--max-connections-per-client", type=int, default=defaults.max_connections_per_client,
+                       help="open at once from one client address (503 beyond)")
     serve.set_defaults(func=cmd_serve_reward)
 
     export = sub.add_parser("export", help="write a finished run's model as a diffusers pipeline folder or a LoRA file")

@@ -27,7 +27,8 @@ SLOW = f"{Path(__file__).parent / 'reward_fixtures.py'}:slow_checksum"
 IMAGES = np.random.default_rng(0).integers(0, 256, size=(3, 8, 8, 3), dtype=np.uint8)
 PROMPTS, META = ["a", "b", "c"], [{}, {}, {}]
 LIMITS = Limits(max_body_bytes=1 << 20, max_images=8, max_pixels=8 * 64 * 64, body_timeout_s=2.0, idle_timeout_s=2.0,
-                header_timeout_s=2.0, max_header_bytes=4096, max_connections=12)
+                header_timeout_s=2.0, max_header_bytes=4096, max_connections=12,
+                max_connections_per_client=6)
 
 
 def free_port() -> int:
@@ -225,12 +226,18 @@ def test_the_front_door_answers_502_when_the_service_is_down_and_names_a_busy_po
         door.stop()
 
 
+def connect_from(source: str, port: int) -> socket.socket:
+    """A connection from another loopback address (all of 127/8 is this machine): another client, as the front door
+    sees it."""
+    return socket.create_connection(("127.0.0.1", port), timeout=30, source_address=(source, 0))
+
+
 def test_connections_beyond_the_limit_are_a_503(service):
     urls, _, port = service
-    held = [socket.create_connection(("127.0.0.1", port), timeout=30) for _ in range(12)]
+    held = [connect_from(f"127.0.0.{2 + i // 6}", port) for i in range(12)]  # two clients at their share each
     time.sleep(0.3)
     try:
-        with socket.create_connection(("127.0.0.1", port), timeout=30) as extra:
+        with connect_from("127.0.0.9", port) as extra:
             answer = read_all(extra).decode()
             assert answer.startswith("HTTP/1.1 503") and "12 connections are open" in answer
     finally:
@@ -238,6 +245,22 @@ def test_connections_beyond_the_limit_are_a_503(service):
             connection.close()
     time.sleep(0.3)
     assert len(RemoteReward(urls["plain"])(IMAGES, PROMPTS, META).scores) == 3  # freed again
+
+
+def test_a_client_holding_its_idle_connections_does_not_lock_others_out(service):
+    """One client opens its limit of idle connections (and keeps them, as a renewing client would): its next one is
+    refused, naming the per-client limit, while another client's request is served."""
+    urls, _, port = service
+    held = [connect_from("127.0.0.2", port) for _ in range(6)]
+    time.sleep(0.3)
+    try:
+        with connect_from("127.0.0.2", port) as extra:
+            answer = read_all(extra).decode()
+        assert answer.startswith("HTTP/1.1 503") and "client 127.0.0.2 has 6 connections open" in answer
+        assert len(RemoteReward(urls["plain"])(IMAGES, PROMPTS, META).scores) == 3  # another client (127.0.0.1)
+    finally:
+        for connection in held:
+            connection.close()
 
 
 def test_concurrency_beyond_the_limit_is_a_503(service):

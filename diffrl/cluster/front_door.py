@@ -10,7 +10,9 @@ connection (limits from `reward_service.Limits`):
   `max_header_bytes` (431); a malformed Content-Length is a 400;
 - the body is forwarded as it arrives (the service answers a slow one with its own 408 after `body_timeout_s`);
   the connection is closed if the body is still incomplete a few seconds later;
-- at most `max_connections` connections are open at once (503 beyond);
+- at most `max_connections_per_client` connections are open at once from one client address, and
+  `max_connections` in all (503 beyond): a client that holds its share of idle connections cannot lock others out
+  (idle connections are cheap here: a task and two sockets each);
 - while the service behind the door is not listening (starting, or gone), requests get a 502.
 The answer is then relayed untouched; waiting for it is bounded by Serve's `request_timeout_s`. A refused request's
 answer is followed by a half-close and a short linger that drops the client's remaining input.
@@ -50,6 +52,19 @@ def body_length(head: bytes) -> "int | None":
     return length
 
 
+def _allow_open_files(wanted: int) -> None:
+    """Raise this process's soft open-files limit towards `wanted` (up to the hard limit), so that the connection
+    limits, not the file-descriptor limit, decide what is refused."""
+    try:
+        import resource
+    except ImportError:  # not on POSIX
+        return
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    target = wanted if hard == resource.RLIM_INFINITY else min(wanted, hard)
+    if soft != resource.RLIM_INFINITY and soft < target:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (target, hard))
+
+
 def _answer(status: int, reason: str) -> bytes:
     body = json.dumps({"error": reason}).encode()
     return (f"HTTP/1.1 {status} {HTTPStatus(status).phrase}\r\nContent-Type: application/json\r\n"
@@ -62,12 +77,14 @@ class FrontDoor:
     def __init__(self, host: str, port: int, upstream: "tuple[str, int]", limits) -> None:
         self.host, self.port, self.upstream, self.limits = host, port, upstream, limits
         self.open_connections = 0
+        self.per_client: dict[str, int] = {}  # open connections per client address
         self._loop = asyncio.new_event_loop()
         self._ready = threading.Event()
         self._error: "BaseException | None" = None
         self._server: "asyncio.base_events.Server | None" = None
 
     def start(self) -> "FrontDoor":
+        _allow_open_files(2 * self.limits.max_connections + 256)  # each connection holds two sockets
         threading.Thread(target=self._run, name=f"front-door-{self.port}", daemon=True).start()
         self._ready.wait()
         if self._error is not None:
@@ -99,11 +116,20 @@ class FrontDoor:
             self._loop.run_forever()
 
     async def _connection(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        if self.open_connections >= self.limits.max_connections:
-            writer.write(_answer(503, f"{self.limits.max_connections} connections are open; the limit is reached"))
+        client = (writer.get_extra_info("peername") or ("?",))[0]
+        limits = self.limits
+        refusal = None
+        if self.per_client.get(client, 0) >= limits.max_connections_per_client:
+            refusal = (f"client {client} has {limits.max_connections_per_client} connections open; the per-client "
+                       f"limit is reached")
+        elif self.open_connections >= limits.max_connections:
+            refusal = f"{limits.max_connections} connections are open; the limit is reached"
+        if refusal is not None:
+            writer.write(_answer(503, refusal))
             await _close(writer)
             return
         self.open_connections += 1
+        self.per_client[client] = self.per_client.get(client, 0) + 1
         upstream: "asyncio.StreamWriter | None" = None
         try:
             up_reader, upstream = await asyncio.open_connection(*self.upstream)
@@ -121,6 +147,9 @@ class FrontDoor:
                 await _refuse(reader, writer, 502, f"the reward service is unreachable: {err.strerror or err}")
         finally:
             self.open_connections -= 1
+            self.per_client[client] -= 1
+            if not self.per_client[client]:
+                del self.per_client[client]
             for stream in (upstream, writer):
                 if stream is not None:
                     await _close(stream)

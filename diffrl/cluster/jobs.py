@@ -223,6 +223,8 @@ def submit_job(job_path: str | Path, overrides: list[str], address: str | None, 
     Raises ConfigError for an invalid job (before any contact with the cluster) and JobsError for cluster-side
     failures."""
     cfg = load_job(job_path, overrides, local=False)  # the weights are on the cluster's storage
+    for notice in cfg.notices:
+        print(f"note: {notice}", file=sys.stderr)
     pip = read_requirements(requirements) if requirements else None
     if not Path(cfg.output_dir).is_absolute():
         print(f"warning: output_dir '{cfg.output_dir}' is relative: the run's outputs land in the job's temporary "

@@ -7,7 +7,8 @@ Every limit bounds what one client can make the service allocate or hold, and ea
 - images and pixels per request, checked from the raw shape or each PNG's header before any pixel is decoded
   (a decompression bomb is a 413, not an allocation);
 - concurrent requests: `max_concurrent` per replica in flight, `max_queued` waiting (503 beyond);
-- connections (`front_door`, in front of Serve's proxy): at most `max_connections` open (503 beyond); a request
+- connections (`front_door`, in front of Serve's proxy): at most `max_connections_per_client` open from one client
+  address and `max_connections` in all (503 beyond); a request
   must start within `idle_timeout_s` of the connection's opening or of the last answer (else it is closed), and its
   headers must be complete within `header_timeout_s` (408) and fit in `max_header_bytes` (431);
 - slow clients: a body must arrive within `body_timeout_s` (408), and a request must finish within
@@ -42,7 +43,8 @@ class Limits:
     idle_timeout_s: float = 30.0
     header_timeout_s: float = 10.0
     max_header_bytes: int = 32 << 10
-    max_connections: int = 256
+    max_connections: int = 4096
+    max_connections_per_client: int = 64
 
 
 class RequestError(ValueError):

@@ -6,7 +6,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from diffrl.platform.config import ConfigError, JobConfig, Origins, problem_lines, read_job, validate_job
+from diffrl.platform.config import (ConfigError, JobConfig, Origins, apply_overrides, origin_of, problem_lines, read_job,
+                                    resolve_input_paths, validate_job)
 from diffrl.platform.kind import JobKind
 from diffrl.platform.roles import check_colocation
 
@@ -58,9 +59,23 @@ def parse_job(data: dict, source: str = "<dict>", origins: Origins | None = None
 
 
 def load_job(path: str | Path, overrides: list[str] | None = None, local: bool = True) -> JobConfig:
-    """Read a YAML job file, apply dotted overrides and validate it (`local=False`: for a cluster, see parse_job)."""
-    data, origins = read_job(path, overrides)
+    """Read a YAML job file, apply dotted overrides and validate it (`local=False`: for a cluster, see parse_job).
+    Relative input paths (the kind's INPUT_PATHS) resolve against the job file's directory when the file gives them
+    and against the current directory when an override does."""
+    data, origins = read_job(path)
+    data = resolve_input_paths(data, _input_paths(data), Path(path).resolve().parent)
+    data = apply_overrides(data, overrides or [], origins)
+
+    def overridden(loc: tuple) -> bool:
+        return origin_of(origins, loc).startswith(" (from override")
+
+    data = resolve_input_paths(data, _input_paths(data), Path.cwd(), only=overridden)
     return parse_job(data, source=str(path), origins=origins, local=local)
+
+
+def _input_paths(data: dict) -> dict[str, str]:
+    kind = KINDS.get(data.get("kind", "rl")) if isinstance(data, dict) else None
+    return kind.config.INPUT_PATHS if kind else {}
 
 
 from diffrl.kinds import adversarial, dllm_decode, pretrain, rl, solver_tune  # noqa: E402  (the built-in kinds, one line each)

@@ -67,10 +67,13 @@ def eval_requests(prompts: list[dict], seeds_per_prompt: int) -> list[SampleRequ
 
 
 def eval_metrics(batch: RolloutBatch, metric: str) -> dict[str, float]:
-    """Mean of every numeric reward detail, per tag and averaged over tags (GenEval's overall score); the headline
-    is `metric`'s."""
+    """Mean of every numeric reward detail, per tag and averaged over tags (GenEval's overall score), and of the job
+    reward (`eval/reward`: over all samples, and per tag); the headline is `metric`'s."""
     tags = [m.get("tag", "all") for m in batch.metadata]
     out: dict[str, float] = {"eval/reward": float(batch.rewards.mean())}
+    rewards = batch.rewards.tolist()
+    out.update({f"eval/reward/{tag}": float(np.mean([r for r, g in zip(rewards, tags) if g == tag]))
+                for tag in sorted(set(tags))})
     for key, values in batch.reward_details.items():
         if not values or not isinstance(values[0], (int, float)):
             continue

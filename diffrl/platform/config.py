@@ -7,12 +7,12 @@ names the key path and what is allowed, and the CLI turns it into exit code 2 wi
 from __future__ import annotations
 
 from pathlib import Path
-from typing import ClassVar, Literal
+from typing import Any, Callable, ClassVar, Literal
 
 import math
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, ValidationError
 
 
 class ConfigError(ValueError):
@@ -79,6 +79,10 @@ class JobConfig(Section):
     change; a kind extends BASE_RESUMABLE with its own."""
 
     RESUMABLE: ClassVar[tuple[str, ...]] = BASE_RESUMABLE
+    # The input paths a job names (see resolve_input_paths; a kind adds its own): relative ones resolve against the
+    # job file's directory (command-line overrides: the current directory); output_dir stays relative to the
+    # current directory.
+    INPUT_PATHS: ClassVar[dict[str, str]] = {}
 
     kind: str
     name: str = Field("run", pattern=r"^[A-Za-z0-9_.-]+$")
@@ -91,10 +95,17 @@ class JobConfig(Section):
     )
     ray: RayConfig = RayConfig()
     trainer: TrainerBase = TrainerBase()
+    # One-line notes on values the validators derived for the user (e.g. training timesteps that follow a
+    # schedule); `diffrl run` and `diffrl submit` print them.
+    _notices: list[str] = PrivateAttr(default_factory=list)
 
     @property
     def run_dir(self) -> Path:
         return Path(self.output_dir) / self.name
+
+    @property
+    def notices(self) -> list[str]:
+        return list(self._notices)
 
 
 # Where each key of a job came from: {key path: "file:line" or "override 'a.b=c'"}; paths hold list indices as ints.
@@ -131,6 +142,14 @@ def format_validation_error(err: ValidationError, source: str, origins: Origins 
             message = f"got {item.get('input')!r}; {message}"
         elif item["type"] == "finite_number":
             message = f"got {item.get('input')!r}; {message}"
+        elif item["type"] == "value_error":
+            message = message.removeprefix("Value error, ")
+            # A section's or the job's own check names the key it is about ("trainer.eval_metric: ..."): report it
+            # at that key (and where that key came from).
+            key, sep, rest = message.partition(": ")
+            if sep and " " not in key and "." in key and (not item["loc"] or key.startswith(f"{path}.")):
+                loc = tuple(int(p) if p.isdigit() else p for p in key.split("."))
+                path, message, item = key, rest, {**item, "loc": loc}
         lines.append(f"  {path}: {message}{origin_of(origins, tuple(item['loc']))}")
     return "\n".join(lines)
 
@@ -243,9 +262,51 @@ def read_job(path: str | Path, overrides: list[str] | None = None) -> tuple[dict
     return apply_overrides(data, overrides or [], origins), origins
 
 
-def read_job_file(path: str | Path, overrides: list[str] | None = None) -> dict:
-    """A YAML job file as a dict, with dotted overrides applied (not validated yet)."""
-    return read_job(path, overrides)[0]
+# How a job's input paths resolve (JobConfig.INPUT_PATHS: {dotted key pattern: mode}; '*' matches one list index or
+# key, a glob matches key names): "file": a relative path always resolves; "local": only when it exists there (a
+# model path may be a hub id such as org/name); "reward": the FILE.py of a FILE.py:NAME reward.
+REWARD_INPUT_PATHS = {"reward.rewards.*.name": "reward", "reward.rewards.*.kwargs.path": "local",
+                      "reward.rewards.*.kwargs.*_path": "local", "reward.rewards.*.kwargs.*_file": "local",
+                      "reward.rewards.*.kwargs.*_dir": "local"}
+
+
+def _matches(pattern: str, loc: tuple) -> bool:
+    import fnmatch
+
+    parts = pattern.split(".")
+    return len(parts) == len(loc) and all(fnmatch.fnmatchcase(str(k), p) for p, k in zip(parts, loc))
+
+
+def _resolved(value: str, mode: str, base: Path) -> str:
+    if mode == "reward":
+        target, sep, attribute = value.rpartition(":")
+        if not sep or not target.endswith(".py") or "://" in value:
+            return value
+        return f"{_resolved(target, 'file', base)}:{attribute}"
+    if not value or "://" in value or value.startswith("builtin:") or Path(value).expanduser().is_absolute():
+        return value
+    path = (base / value).resolve()
+    if mode != "file" and not path.exists():
+        return value
+    # Relative to the current directory when under it (a file reward's name is its detail key: running from the
+    # repository root keeps it as short as it was written), else absolute.
+    return str(path.relative_to(Path.cwd().resolve())) if path.is_relative_to(Path.cwd().resolve()) else str(path)
+
+
+def resolve_input_paths(data: Any, patterns: dict[str, str], base: Path,
+                        only: Callable[[tuple], bool] = lambda loc: True, loc: tuple = ()) -> Any:
+    """A copy of job dict `data` whose relative input paths (the keys `patterns` names, where `only(key path)`)
+    are resolved against `base` (the job file's directory for values written in it, the current directory for
+    command-line overrides), written relative to the current directory when under it and absolute otherwise."""
+    if isinstance(data, dict):
+        return {k: resolve_input_paths(v, patterns, base, only, (*loc, k)) for k, v in data.items()}
+    if isinstance(data, list):
+        return [resolve_input_paths(v, patterns, base, only, (*loc, i)) for i, v in enumerate(data)]
+    if isinstance(data, str) and only(loc):
+        mode = next((m for p, m in patterns.items() if _matches(p, loc)), None)
+        if mode is not None:
+            return _resolved(data, mode, base)
+    return data
 
 
 def dump_job(config: JobConfig) -> str:

@@ -102,14 +102,18 @@ _REGISTRY: dict[str, Callable[..., Reward]] = {}
 _PROMPT_CHECKS: dict[str, Callable[[dict], str | None]] = {}
 # {registered name: the kwargs that name local model directories}
 _PATH_KWARGS: dict[str, tuple[str, ...]] = {}
+# {registered name: (detail, label)}: the detail a held-out eval reports as its headline, e.g. ("strict", "GenEval")
+_HEADLINES: dict[str, tuple[str, str]] = {}
 
 
 def register_reward(name: str, prompt_check: Callable[[dict], str | None] | None = None,
-                    paths: tuple[str, ...] = ()) -> Callable[[Callable[..., Reward]], Callable[..., Reward]]:
+                    paths: tuple[str, ...] = (), headline: tuple[str, str] | None = None,
+                    ) -> Callable[[Callable[..., Reward]], Callable[..., Reward]]:
     """Register a factory `(**kwargs) -> Reward` (or a reward function) under `name` for use in job files.
     `prompt_check(entry)` says what is wrong with one prompt entry for this reward (None when nothing): `--check`
     runs it over the job's prompts before any work starts. `paths`: the kwargs that name local model directories,
-    which `--check` requires to exist."""
+    which `--check` requires to exist. `headline`: (detail, label), the detail a job's held-out eval reports by
+    default when this is the job's first reward that declares one (see `resolve_headline`)."""
 
     def decorator(factory: Callable[..., Reward]) -> Callable[..., Reward]:
         _REGISTRY[name] = factory
@@ -117,6 +121,8 @@ def register_reward(name: str, prompt_check: Callable[[dict], str | None] | None
             _PROMPT_CHECKS[name] = prompt_check
         if paths:
             _PATH_KWARGS[name] = tuple(paths)
+        if headline is not None:
+            _HEADLINES[name] = headline
         return factory
 
     return decorator
@@ -292,6 +298,31 @@ def entry_point_distribution(name: str) -> str | None:
     if entry is None:
         return None
     return getattr(getattr(entry, "dist", None), "name", None) or entry.value.partition(".")[0]
+
+
+def resolve_headline(metric: str | None, label: str | None, names: Sequence[str]) -> tuple[str, str]:
+    """The held-out headline (`trainer.eval_metric`, `trainer.eval_label`) of a job whose rewards are `names`.
+
+    Unset, the metric is the headline detail of the first reward that declares one (geneval_shapes: its strict
+    score), else `reward`: the job's weighted reward. A set metric must be `reward`, a reward's name (its score) or
+    NAME/DETAIL of one of the job's rewards; anything else is a ValueError naming trainer.eval_metric, so `--check`
+    refuses it before any work starts. The label defaults to the declared label, else the metric."""
+    import diffrl.rewards.builtin  # noqa: F401  (registers the built-in rewards and their headlines)
+
+    if metric is None:
+        declared = next(((n, _HEADLINES[n]) for n in names if n in _HEADLINES), None)
+        if declared is not None:
+            name, (detail, default_label) = declared
+            return f"{name}/{detail}", label or default_label
+        return "reward", label or ("reward" if len(names) > 1 else f"reward ({names[0]})")
+    if metric != "reward" and not any(metric == n or metric.startswith(f"{n}/") for n in names):
+        raise ValueError(f"trainer.eval_metric: {metric!r} is not produced by the job's rewards {list(names)}; give "
+                         f"'reward' (the weighted job reward), a reward's name or NAME/DETAIL, or leave it unset")
+    if label is None:
+        name = next((n for n in names if metric.startswith(f"{n}/")), None)
+        declared = _HEADLINES.get(name) if name else None
+        label = declared[1] if declared and metric == f"{name}/{declared[0]}" else metric
+    return metric, label
 
 
 def known_rewards() -> list[str]:

@@ -9,7 +9,7 @@ from diffrl.rewards.geneval import GenEvalReward, geneval_prompt_problem
 from diffrl.rewards.shapes_detector import ShapesColorClassifier, ShapesDetector
 
 
-@register_reward("geneval_shapes", prompt_check=geneval_prompt_problem)
+@register_reward("geneval_shapes", prompt_check=geneval_prompt_problem, headline=("strict", "GenEval-shapes"))
 def geneval_shapes(score: str = "partial") -> GenEvalReward:
     """GenEval's rules on the shapes world: the exact per-cell detector, colors classified among the world's palette.
     `score`: "partial" (Flow-GRPO's partial credit) or "strict" as the training signal."""
@@ -64,7 +64,8 @@ def pickscore(path: str, processor_path: str | None = None, dtype: str = "fp32",
     return PickScoreReward(path, processor_path, dtype, batch_size)
 
 
-@register_reward("geneval", prompt_check=geneval_prompt_problem, paths=("detector_path", "clip_path"))
+@register_reward("geneval", prompt_check=geneval_prompt_problem, paths=("detector_path", "clip_path"),
+                 headline=("strict", "GenEval"))
 def geneval(detector_path: str, clip_path: str, score: str = "partial", device: str | None = None):
     """GenEval for natural images: Mask2Former (instance segmentation) and CLIP colors from local directories."""
     from diffrl.rewards.geneval_natural import geneval_natural

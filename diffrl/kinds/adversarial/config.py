@@ -104,6 +104,7 @@ class AdversarialTrainerConfig(TrainerBase):
 
 class AdversarialJobConfig(JobConfig):
     kind: Literal["adversarial"] = "adversarial"
+    INPUT_PATHS: ClassVar[dict[str, str]] = {"model.path": "local", "data.path": "file", "data.captions": "file"}
     # A resumed run may change its length, cadence, logging and resources; not the recipe, nor what the evals
     # measure (the eval history of the checkpoint would not compare).
     RESUMABLE: ClassVar[tuple[str, ...]] = BASE_RESUMABLE + (

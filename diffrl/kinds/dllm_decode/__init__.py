@@ -20,4 +20,17 @@ def _files(cfg: DllmDecodeJobConfig) -> dict[str, str]:
     return {"data.prompts": cfg.data.prompts}
 
 
-KIND = JobKind("dllm_decode", DllmDecodeJobConfig, dllm_decode_roles, _run, _files)
+def _check(cfg: DllmDecodeJobConfig, local: bool) -> list[str]:
+    """The checkpoint directory is found where the job runs (`local`; a cluster's weights are on its storage)."""
+    from diffrl.models.dllm.adapter import resolve_checkpoint
+
+    if not local:
+        return []
+    try:
+        resolve_checkpoint(cfg.model.path)
+    except FileNotFoundError as err:
+        return [str(err) if str(err).startswith("model.path") else f"model.path: {err}"]
+    return []
+
+
+KIND = JobKind("dllm_decode", DllmDecodeJobConfig, dllm_decode_roles, _run, _files, _check)

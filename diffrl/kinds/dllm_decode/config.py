@@ -64,6 +64,7 @@ class DecodeTrainerConfig(TrainerBase):
 
 class DllmDecodeJobConfig(JobConfig):
     kind: Literal["dllm_decode"] = "dllm_decode"
+    INPUT_PATHS: ClassVar[dict[str, str]] = {"model.path": "local", "data.prompts": "file"}
     RESUMABLE: ClassVar[tuple[str, ...]] = BASE_RESUMABLE + ("workers.",)
 
     model: DecodeModelConfig = DecodeModelConfig()
@@ -74,13 +75,9 @@ class DllmDecodeJobConfig(JobConfig):
 
     @model_validator(mode="after")
     def _check(self) -> DllmDecodeJobConfig:
-        """The prompts file is read, and the model directory found, before any worker starts."""
+        """The prompts file is read before any worker starts (the model directory: the kind's check, where the job
+        runs)."""
         from diffrl.kinds.dllm_decode.prompts import read_prompts
-        from diffrl.models.dllm.adapter import resolve_checkpoint
 
         read_prompts(self.data.prompts, self.data.limit)
-        try:
-            resolve_checkpoint(self.model.path)
-        except FileNotFoundError as err:
-            raise ValueError(str(err)) from None
         return self

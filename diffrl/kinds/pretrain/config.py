@@ -91,6 +91,7 @@ class PretrainTrainerConfig(TrainerBase):
 
 class PretrainJobConfig(JobConfig):
     kind: Literal["pretrain"] = "pretrain"
+    INPUT_PATHS: ClassVar[dict[str, str]] = {"model.path": "local"}
     # A resumed run may change its length, cadence, logging, cluster and resources; not the recipe.
     RESUMABLE: ClassVar[tuple[str, ...]] = BASE_RESUMABLE + (
         "learner.cpus_per_worker", "learner.gpus_per_worker", "learner.resources", "eval.",

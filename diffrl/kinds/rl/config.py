@@ -9,7 +9,9 @@ from typing import Any, ClassVar, Literal
 from pydantic import Field, model_validator
 
 from diffrl.algorithms.solvers import check_grid
-from diffrl.platform.config import BASE_RESUMABLE, RESOURCES_HELP, JobConfig, Resources, Section, TrainerBase
+from diffrl.platform.config import (BASE_RESUMABLE, RESOURCES_HELP, REWARD_INPUT_PATHS, JobConfig, Resources, Section,
+                                    TrainerBase)
+from diffrl.rewards.base import resolve_headline
 from diffrl.workers.schedule import read_schedule
 
 
@@ -248,6 +250,17 @@ class DataConfig(Section):
         return self
 
 
+EVAL_METRIC_HELP = ("the held-out headline, averaged over tags: 'reward' (the weighted job reward), a reward's name "
+                    "or NAME/DETAIL; None: the first reward's declared headline (geneval_shapes/strict), else reward")
+
+
+def check_headline(trainer: Section, rewards: RewardConfig) -> None:
+    """Fill trainer.eval_metric / eval_label from the job's rewards where unset; refuse a metric they cannot make."""
+    metric, label = resolve_headline(trainer.eval_metric, trainer.eval_label, [r.name for r in rewards.rewards])
+    # Written into __dict__: assignment would re-run the (validate_assignment) validators for no new information.
+    trainer.__dict__.update(eval_metric=metric, eval_label=label)
+
+
 class TrainerConfig(TrainerBase):
     """The base cadence plus the RL held-out eval: which prompts, how many seeds, the headline metric."""
 
@@ -258,12 +271,16 @@ class TrainerConfig(TrainerBase):
         "sampler and grid (e.g. its rollout.schedule)")
     eval_steps: int | None = Field(None, ge=1, description="ODE steps of the eval (None: rollout.num_steps)")
     sample_grid_prompts: int = Field(8, ge=1)
-    eval_metric: str = Field("geneval_shapes/strict", description="reward detail averaged over tags for the headline")
-    eval_label: str = "GenEval-shapes"
+    eval_metric: str | None = Field(None, description=EVAL_METRIC_HELP)
+    eval_label: str | None = Field(None, description="what the end line and the report call the headline (None: "
+                                                     "the reward's own label, else the metric)")
 
 
 class RLJobConfig(JobConfig):
     kind: Literal["rl"] = "rl"
+    INPUT_PATHS: ClassVar[dict[str, str]] = {
+        "model.path": "local", "data.train_file": "file", "data.eval_file": "file", "rollout.schedule": "file",
+        **REWARD_INPUT_PATHS}
     # What a resumed RL run may change besides the base keys: resources of every role, restarts, retries and
     # micro-batching of stateless roles. Anything else (model, algorithm, batch shape, learner ranks, seeds) would
     # make the continuation a different run.
@@ -286,6 +303,11 @@ class RLJobConfig(JobConfig):
     trainer: TrainerConfig = TrainerConfig()
 
     @model_validator(mode="after")
+    def _check_headline(self) -> RLJobConfig:
+        check_headline(self.trainer, self.reward)
+        return self
+
+    @model_validator(mode="after")
     def _check_batch_split(self) -> RLJobConfig:
         total = self.rollout.prompts_per_step * self.rollout.group_size
         if total % self.learner.num_workers:
@@ -303,7 +325,15 @@ class RLJobConfig(JobConfig):
             steps_key = "rollout.sol.explore_steps" if trained_on_explore else "rollout.num_steps"
             steps = self.rollout.sol.explore_steps if trained_on_explore else self.rollout.num_steps
             strata = int(steps * section.timestep_fraction) - 1  # grid indices [1, fraction * steps)
-            if wanted > strata:
+            # A tuned schedule drops into any job: its grid sets the steps, and the training timesteps follow it
+            # (as they follow the steps when num_timesteps is left at its default).
+            follows = self.rollout.schedule is not None or "num_timesteps" not in section.model_fields_set
+            if wanted > strata >= 1 and follows:
+                section.__dict__["num_timesteps"] = strata
+                cause = f"rollout.schedule {self.rollout.schedule}" if self.rollout.schedule else steps_key
+                self._notices.append(f"learner.{algorithm}.num_timesteps={strata} (was {wanted}): the training "
+                                     f"timesteps follow the {steps} steps of {cause}")
+            elif wanted > strata:
                 raise ValueError(
                     f"learner.{algorithm}.num_timesteps={wanted} exceeds the {max(strata, 0)} training timesteps "
                     f"that {steps_key}={steps} offers; lower it or raise the steps"

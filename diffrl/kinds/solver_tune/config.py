@@ -8,8 +8,9 @@ from typing import ClassVar, Literal
 
 from pydantic import Field, model_validator
 
-from diffrl.kinds.rl.config import DataConfig, ModelConfig, RewardConfig, SASolverConfig
-from diffrl.platform.config import BASE_RESUMABLE, RESOURCES_HELP, JobConfig, Resources, Section, TrainerBase
+from diffrl.kinds.rl.config import EVAL_METRIC_HELP, DataConfig, ModelConfig, RewardConfig, SASolverConfig, check_headline
+from diffrl.platform.config import (BASE_RESUMABLE, RESOURCES_HELP, REWARD_INPUT_PATHS, JobConfig, Resources, Section,
+                                    TrainerBase)
 
 
 class TuneRolloutConfig(Section):
@@ -81,13 +82,16 @@ class TuneTrainerConfig(TrainerBase):
     checkpoint_every do not apply to it."""
 
     steps: int = Field(0, ge=0)
-    eval_label: str = "GenEval-shapes strict"
-    eval_metric: str = Field("geneval_shapes/strict", description="reward detail averaged over tags: the reward")
+    eval_metric: str | None = Field(None, description=EVAL_METRIC_HELP)
+    eval_label: str | None = Field(None, description="what the summary and figure call the metric (None: the "
+                                                     "reward's own label, else the metric)")
     sample_grid_prompts: int = Field(8, ge=1)
 
 
 class SolverTuneJobConfig(JobConfig):
     kind: Literal["solver_tune"] = "solver_tune"
+    INPUT_PATHS: ClassVar[dict[str, str]] = {
+        "model.path": "local", "data.train_file": "file", "data.eval_file": "file", **REWARD_INPUT_PATHS}
     RESUMABLE: ClassVar[tuple[str, ...]] = BASE_RESUMABLE
 
     model: ModelConfig = ModelConfig()
@@ -99,6 +103,7 @@ class SolverTuneJobConfig(JobConfig):
 
     @model_validator(mode="after")
     def _check(self) -> SolverTuneJobConfig:
+        check_headline(self.trainer, self.reward)
         if any(n < 1 for n in self.tune.nfes):
             raise ValueError(f"tune.nfes must be positive, got {self.tune.nfes}")
         names = [c.name for c in self.tune.candidates]
