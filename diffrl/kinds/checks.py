@@ -88,8 +88,29 @@ def rl_problems(cfg: Any, local: bool = True) -> list[str]:
     from diffrl.kinds.rl.data import prompt_splits
 
     problems = model_problems(cfg.model.name, cfg.model.path) if local else []
+    if local and not problems:
+        problems += world_size_problems(cfg.model.name, cfg.model.path, cfg.data.source)
     try:
         train, heldout = prompt_splits(cfg)
     except (OSError, ValueError) as err:
         return problems + [f"data: {err}"]
     return problems + reward_problems(cfg.reward.rewards, train + heldout, local)
+
+
+def world_size_problems(name: str, path: str | None, source: str) -> list[str]:
+    """A tiny_t2i model draws one embedded world's image size: refuse a model of another world's (the detector would
+    fail after start)."""
+    from diffrl.envs.worlds import WORLDS, world
+
+    if name != "tiny_t2i" or path is None or source not in WORLDS:
+        return []
+    import json
+
+    from diffrl.models.tiny_t2i import DEFAULT_CONFIG, resolve_weights_path
+
+    config = json.loads((resolve_weights_path(path) / "config.json").read_text()).get("config", {})
+    size, wanted = config.get("image_size", DEFAULT_CONFIG["image_size"]), world(source).IMAGE_SIZE
+    if size != wanted:
+        return [f"model.path: {path} draws {size}x{size} images; data.source={source} needs {wanted}x{wanted} "
+                f"(a model pretrained on that world)"]
+    return []

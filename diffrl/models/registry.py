@@ -15,7 +15,7 @@ MODEL_NAMES = ("tiny_t2i", "sd3", "flux", "sana", "dllm", "tiny_dllm", "tiny_dll
 
 def build_model(name: str, path: str | None, seed: int = 0, **options: Any) -> ModelAdapter | Any:
     """The adapter `name` with weights from `path`; `path=None` builds the tiny model with random weights from
-    `seed` (tests). Diffusers families (sd3, flux, sana) take `resolution`, `max_sequence_length`, `dtype` ("fp32" or
+    `seed` (tests), for the embedded world `world` ("shapes" or "scenes": its vocabulary and image size). Diffusers families (sd3, flux, sana) take `resolution`, `max_sequence_length`, `dtype` ("fp32" or
     "bf16") and `guidance` (FLUX.1-dev's distilled guidance) from the model config. Masked-diffusion LMs ("dllm": a
     local LLaDA / Dream / Fast-dLLM v2 or native checkpoint; "tiny_dllm", "tiny_dllm_v2": the project's own, fresh
     from `seed` when `path` is None) give a `MaskedDiffusionLM`."""
@@ -23,8 +23,11 @@ def build_model(name: str, path: str | None, seed: int = 0, **options: Any) -> M
         from diffrl.models.tiny_t2i import TinyT2I
 
         if path is None:
+            from diffrl.envs.worlds import model_config, vocabulary
+
+            world = options.get("world", "shapes")
             torch.manual_seed(seed)
-            return TinyT2I(shapes_vocabulary())
+            return TinyT2I(vocabulary(world), model_config(world))
         return TinyT2I.from_pretrained(path)
     if name in ("sd3", "flux", "sana"):
         from diffrl.models.diffusers_t2i import DiffusersT2I
@@ -49,15 +52,9 @@ def build_model(name: str, path: str | None, seed: int = 0, **options: Any) -> M
 
 def build_model_from_config(model_cfg: dict[str, Any]) -> ModelAdapter:
     """build_model from a job's `model` section (a dict, as workers receive it)."""
-    options = {k: model_cfg[k] for k in ("resolution", "max_sequence_length", "dtype", "guidance") if k in model_cfg}
+    options = {k: model_cfg[k] for k in ("resolution", "max_sequence_length", "dtype", "guidance", "world")
+               if k in model_cfg}
     return build_model(model_cfg["name"], model_cfg["path"], model_cfg.get("seed", 0), **options)
-
-
-def shapes_vocabulary() -> list[str]:
-    """Every word of the shapes world's captions, sorted (the tiny model's word-level vocabulary)."""
-    from diffrl.envs.shapes import all_prompts
-
-    return sorted({word for entry in all_prompts() for word in entry["prompt"].lower().split()})
 
 
 def apply_lora(model: ModelAdapter, rank: int, alpha: float, target_modules: list[str] | None) -> None:

@@ -286,8 +286,8 @@ def _resolved(value: str, mode: str, base: Path) -> str:
     if not value or "://" in value or value.startswith("builtin:") or Path(value).expanduser().is_absolute():
         return value
     path = (base / value).resolve()
-    if mode != "file" and not path.exists():
-        return value
+    if mode != "file" and not path.exists() and not value.startswith(("./", "../")):
+        return value  # perhaps a model id (org/name); an explicit ./ or ../ is always a path
     # Relative to the current directory when under it (a file reward's name is its detail key: running from the
     # repository root keeps it as short as it was written), else absolute.
     return str(path.relative_to(Path.cwd().resolve())) if path.is_relative_to(Path.cwd().resolve()) else str(path)

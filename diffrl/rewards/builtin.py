@@ -16,6 +16,16 @@ def geneval_shapes(score: str = "partial") -> GenEvalReward:
     return GenEvalReward(ShapesDetector(), ShapesColorClassifier(), colors=tuple(COLORS), score=score)
 
 
+@register_reward("geneval_scenes", prompt_check=geneval_prompt_problem, headline=("strict", "GenEval-scenes"))
+def geneval_scenes(score: str = "partial") -> GenEvalReward:
+    """GenEval's rules (with the size extension) on the scenes world: the exact per-cell detector of its five shapes
+    and two sizes, colors classified among its palette. `score`: "partial" or "strict" as the training signal."""
+    from diffrl.envs.scenes import COLORS as SCENE_COLORS
+    from diffrl.rewards.scenes_detector import ScenesDetector, scenes_color_classifier
+
+    return GenEvalReward(ScenesDetector(), scenes_color_classifier(), colors=tuple(SCENE_COLORS), score=score)
+
+
 class JpegCompressibility:
     """DDPO's compressibility reward (Black et al., arXiv 2305.13301): minus the JPEG size in kB at quality 95, so
     simpler images score higher; `sign=-1` gives incompressibility. Works on any image size; details hold the kB."""

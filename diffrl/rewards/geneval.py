@@ -7,12 +7,15 @@ Two upstream sources, reimplemented here:
 - Flow-GRPO's reward server (scxue/advantage_weighted_matching `reward-server/reward_server/gen_eval.py`, from
   yifan123/flow_grpo): `evaluate_reward`, the partial-credit training score and the strict (exact-count) verdict.
 
+One extension, for the scenes world (`diffrl.envs.scenes`): a clause's "size" is checked like its color, from the
+detection's `attributes["size"]`.
+
 Upstream runs non-maximum suppression with max_overlap = 1.0, which keeps every box, so there is none here.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Callable, Protocol, Sequence
 
 import numpy as np
@@ -28,12 +31,21 @@ MAX_OBJECTS = 16
 
 @dataclass
 class Detection:
-    """One detected object: class label, pixel box (x1, y1, x2, y2) with x2/y2 exclusive, confidence, optional mask."""
+    """One detected object: class label, pixel box (x1, y1, x2, y2) with x2/y2 exclusive, confidence, optional mask,
+    and what else the detector tells (`attributes`, e.g. {"size": "small"} in the scenes world)."""
 
     label: str
     box: tuple[float, float, float, float]
     score: float
     mask: np.ndarray | None = None
+    attributes: dict = field(default_factory=dict)
+
+
+def size_of(det: Detection) -> str:
+    """A detection's size class; a clause with a "size" needs a detector that reports one (the scenes world's)."""
+    if "size" not in det.attributes:
+        raise ValueError("a GenEval clause asks for a size, but the detector reports none (the scenes world's does)")
+    return det.attributes["size"]
 
 
 class Detector(Protocol):
@@ -91,8 +103,9 @@ def geneval_prompt_problem(entry: dict) -> str | None:
             count = clause.get("count")
             if isinstance(count, bool) or not isinstance(count, int) or count < 1:
                 return f"{key}[{index}] needs a positive int 'count', got {count!r}"
-            if "color" in clause and not isinstance(clause["color"], str):
-                return f"{key}[{index}].color must be a string"
+            for attribute in ("color", "size"):
+                if attribute in clause and not isinstance(clause[attribute], str):
+                    return f"{key}[{index}].{attribute} must be a string"
             if "position" in clause:
                 position = clause["position"]
                 if (not isinstance(position, list) or len(position) != 2 or not isinstance(position[0], str)
@@ -115,8 +128,8 @@ def _strict_and_score(groups: dict, metadata: dict, color_of: Callable[[Detectio
     """Flow-GRPO's evaluate_reward: one credit term per clause part, averaged; strict needs exact counts.
 
     Per include clause with count n and f detections: the count term 1 - |n - f| / n (negative beyond 2n). If f != n
-    a clause with color or position adds one 0. Otherwise a color clause adds 1 - |n - k| / n with k the objects of
-    that color; a position clause adds 0 when its target clause failed, and else 1, preceded by a 0 when some pair
+    a clause with color, size or position adds one 0. Otherwise a color clause adds 1 - |n - k| / n with k the
+    objects of that color, and a size clause (the scenes world's extension) the same with k the objects of that size; a position clause adds 0 when its target clause failed, and else 1, preceded by a 0 when some pair
     lacks the relation (upstream appends its 1 after the pair loop even on failure, so a wrong relation with right
     counts still earns 3/4 on a two-clause prompt). Exclude clauses are not read, as upstream: in GenEval's catalog
     exact counts imply them.
@@ -129,15 +142,16 @@ def _strict_and_score(groups: dict, metadata: dict, color_of: Callable[[Detectio
         ok = len(found) == n
         if not ok:
             reasons.append(f"expected {name}=={n}, found {len(found)}")
-            if "color" in req or "position" in req:
+            if "color" in req or "size" in req or "position" in req:
                 credits.append(0.0)
         else:
-            if "color" in req:
-                k = sum(color_of(det) == req["color"] for det in found)
-                credits.append(1 - abs(n - k) / n)
-                if k != n:
-                    ok = False
-                    reasons.append(f"expected {req['color']} {name}=={n}, found {k}")
+            for attribute, value_of in (("color", color_of), ("size", size_of)):
+                if attribute in req:
+                    k = sum(value_of(det) == req[attribute] for det in found)
+                    credits.append(1 - abs(n - k) / n)
+                    if k != n:
+                        ok = False
+                        reasons.append(f"expected {req[attribute]} {name}=={n}, found {k}")
             if "position" in req and ok:
                 relation, target = _position_target(req, index)
                 if matched[target] is None:
@@ -165,8 +179,9 @@ def _correct(groups: dict, metadata: dict, color_of: Callable[[Detection], str])
         n = req["count"]
         found = groups.get(req["class"], [])[:n]
         ok = len(found) >= n
-        if ok and "color" in req:
-            ok = sum(color_of(det) == req["color"] for det in found) >= n
+        for attribute, value_of in (("color", color_of), ("size", size_of)):
+            if ok and attribute in req:
+                ok = sum(value_of(det) == req[attribute] for det in found) >= n
         if ok and "position" in req:
             relation, target = _position_target(req, index)
             ok = matched[target] is not None and _first_failed_relation(found, matched[target], relation) is None

@@ -109,8 +109,8 @@ class ImageFolder:
 def build_source(cfg: AdversarialJobConfig) -> ShapesSource | ImageFolder:
     data = cfg.data
     if data.source == "shapes":
-        return ShapesSource(cfg.seed, data.renders_per_prompt, data.prompt_dropout, data.heldout_fraction,
-                            data.split_seed)
+        return ShapesSource(cfg.seed, data.renders_per_prompt, data.prompt_dropout,
+                            {"heldout_fraction": data.heldout_fraction, "seed": data.split_seed})
     from diffrl.models.tiny_t2i import DEFAULT_CONFIG
 
     return ImageFolder(data.path, data.captions, data.heldout, data.prompt_dropout, cfg.seed,

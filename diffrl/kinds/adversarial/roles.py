@@ -5,7 +5,7 @@ at each eval NFE, and (shapes world) a GenEval-shapes reward worker."""
 from __future__ import annotations
 
 from diffrl.kinds.adversarial.config import AdversarialJobConfig
-from diffrl.kinds.pretrain.roles import EVAL_REWARD, LEARNER, REWARD, ROLLOUT
+from diffrl.kinds.pretrain.roles import LEARNER, REWARD, ROLLOUT, eval_reward
 from diffrl.platform.roles import RoleSpec
 
 
@@ -34,6 +34,6 @@ def adversarial_roles(cfg: AdversarialJobConfig) -> list[RoleSpec]:
                  cfg.eval.cpus_per_worker, cfg.eval.gpus_per_worker, max_restarts=3),
     ]
     if cfg.data.source == "shapes":
-        specs.append(RoleSpec("reward0", REWARD, (([EVAL_REWARD],),), cfg.eval.reward_cpus, max_restarts=3,
+        specs.append(RoleSpec("reward0", REWARD, (([eval_reward()],),), cfg.eval.reward_cpus, max_restarts=3,
                               label="reward 'geneval_shapes'"))
     return specs

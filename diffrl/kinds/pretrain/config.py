@@ -32,6 +32,17 @@ class ShapesDataConfig(Section):
     split_seed: int = 0
 
 
+class ScenesDataConfig(Section):
+    """The scenes world (diffrl.envs.scenes): 3-5 objects of five shapes, five colors and two sizes on a 4x4 grid."""
+
+    source: Literal["scenes"] = "scenes"
+    renders_per_prompt: int = Field(64, ge=1, description="distinct renders of each training prompt")
+    prompt_dropout: float = Field(0.1, ge=0, lt=1, description="share of captions replaced by the empty prompt "
+                                                               "(classifier-free guidance)")
+    heldout_per_tag: int = Field(4, ge=1, le=4, description="prompts held out per task type (never trained on)")
+    split_seed: int = 0
+
+
 class SortingDataConfig(Section):
     """The digit-sorting world of the tiny dLLMs (diffrl.envs.sorting): `length` digits, then their sorted answer."""
 
@@ -86,7 +97,8 @@ class PretrainTrainerConfig(TrainerBase):
     eval_seeds_per_prompt: int = Field(8, ge=1)
     sample_steps: int = Field(10, ge=1, description="ODE steps of the held-out samples")
     sample_grid_prompts: int = Field(8, ge=1)
-    eval_label: str = "GenEval-shapes strict"
+    eval_label: str | None = Field(None, description="None: the data's own (GenEval-shapes / GenEval-scenes "
+                                                     "strict, sorting exact match)")
 
 
 class PretrainJobConfig(JobConfig):
@@ -98,7 +110,8 @@ class PretrainJobConfig(JobConfig):
     )
 
     model: PretrainModelConfig = PretrainModelConfig()
-    data: ShapesDataConfig | SortingDataConfig = Field(default_factory=ShapesDataConfig, discriminator="source")
+    data: ShapesDataConfig | ScenesDataConfig | SortingDataConfig = Field(default_factory=ShapesDataConfig,
+                                                                          discriminator="source")
     learner: PretrainLearnerConfig = PretrainLearnerConfig()
     eval: EvalWorkersConfig = EvalWorkersConfig()
     trainer: PretrainTrainerConfig = PretrainTrainerConfig()
@@ -115,10 +128,14 @@ class PretrainJobConfig(JobConfig):
         text_model = self.model.name != "tiny_t2i"
         if text_model != (self.data.source == "sorting"):
             raise ValueError(f"data.source={self.data.source} is not data for model.name={self.model.name} "
-                             f"(tiny_t2i trains on shapes, the tiny dLLMs on sorting)")
+                             f"(tiny_t2i trains on shapes or scenes, the tiny dLLMs on sorting)")
         if text_model and self.eval.decode.gen_length != self.data.length:
             raise ValueError(f"eval.decode.gen_length={self.eval.decode.gen_length} must equal data.length="
                              f"{self.data.length} (the answer's length)")
+        if self.trainer.eval_label is None:  # written into __dict__: no re-validation for a derived default
+            labels = {"shapes": "GenEval-shapes strict", "scenes": "GenEval-scenes strict",
+                      "sorting": "sorting exact match"}
+            self.trainer.__dict__["eval_label"] = labels[self.data.source]
         if self.learner.min_lr > self.learner.lr:
             raise ValueError(f"learner.min_lr={self.learner.min_lr} exceeds learner.lr={self.learner.lr}")
         return self

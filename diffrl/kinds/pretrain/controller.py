@@ -6,6 +6,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from diffrl.envs.worlds import REWARDS
 from diffrl.kinds.checkpoints import restore_checkpoint, save_weights
 from diffrl.kinds.pretrain.config import PretrainJobConfig
 from diffrl.kinds.pretrain.data import build_source
@@ -16,7 +17,6 @@ from diffrl.platform.report_html import refresh_report
 from diffrl.platform.runtime import RunContext
 from diffrl.platform.worker import WorkerGroup
 
-METRIC = "geneval_shapes/strict"
 
 
 def run(ctx: RunContext) -> dict[str, Any]:
@@ -59,7 +59,7 @@ def evaluate(cfg: PretrainJobConfig, learner: WorkerGroup, rollout: WorkerGroup,
     rollout.each("load_weights", learner.call(0, "get_weights", ema=True))
     batch = generate_and_score(rollout, rewards, eval_requests(prompts, cfg.trainer.eval_seeds_per_prompt),
                                sampler="ode")
-    metrics = eval_metrics(batch, METRIC)
+    metrics = eval_metrics(batch, f"{REWARDS[cfg.data.source]}/strict")
     log.write({"step": step, **metrics})
     if last:
         title = f"after pretraining: {cfg.trainer.eval_label} {metrics['eval/headline']:.3f} (step {step})"

@@ -10,7 +10,7 @@ from dataclasses import dataclass, replace
 import numpy as np
 import torch
 
-from diffrl.envs.shapes import TAGS, prompt_splits, render_prompt
+from diffrl.envs.worlds import world
 from diffrl.envs.sorting import ALPHABET, heldout_problems, training_problems
 from diffrl.models.dllm.tokenizer import CharTokenizer
 from diffrl.workers.dllm_objectives import TokenBatch
@@ -39,28 +39,34 @@ class TrainingBatch:
 
 
 class ShapesRenders:
-    """The shapes world: renders of the training prompts (held-out prompts are never rendered for training), tags
-    drawn uniformly so that tags with few prompts are not starved, `renders_per_prompt` distinct scenes per prompt
-    (render r of prompt p is a function of (seed, p, r)), and `prompt_dropout` empty captions."""
+    """An embedded world's renders (the shapes world, or the scenes world with `name="scenes"`) of the training
+    prompts (held-out prompts are never rendered for training), tags drawn uniformly so that tags with few prompts
+    are not starved, `renders_per_prompt` distinct scenes per prompt (render r of prompt p is a function of
+    (seed, p, r)), and `prompt_dropout` empty captions. `split` holds the world's prompt_splits arguments."""
 
-    def __init__(self, seed: int, renders_per_prompt: int, prompt_dropout: float, heldout_fraction: float,
-                 split_seed: int) -> None:
+    def __init__(self, seed: int, renders_per_prompt: int, prompt_dropout: float, split: dict,
+                 name: str = "shapes") -> None:
         self.seed, self.renders, self.dropout = seed, renders_per_prompt, prompt_dropout
-        self.train, self.heldout = prompt_splits(heldout_fraction=heldout_fraction, seed=split_seed)
-        self.by_tag = [[i for i, p in enumerate(self.train) if p["tag"] == tag] for tag in TAGS]
+        self.world = world(name)
+        self.train, self.heldout = self.world.prompt_splits(**split)
+        self.by_tag = [[i for i, p in enumerate(self.train) if p["tag"] == tag] for tag in self.world.TAGS]
         self.by_tag = [group for group in self.by_tag if group]
         self._cache: dict[tuple[int, int], np.ndarray] = {}
 
     @classmethod
     def from_config(cls, cfg: PretrainJobConfig) -> ShapesRenders:
         data = cfg.data
-        return cls(cfg.seed, data.renders_per_prompt, data.prompt_dropout, data.heldout_fraction, data.split_seed)
+        if data.source == "scenes":
+            split = {"heldout_per_tag": data.heldout_per_tag, "seed": data.split_seed}
+        else:
+            split = {"heldout_fraction": data.heldout_fraction, "seed": data.split_seed}
+        return cls(cfg.seed, data.renders_per_prompt, data.prompt_dropout, split, data.source)
 
     def render(self, prompt: int, index: int) -> np.ndarray:
         key = (prompt, index)
         if key not in self._cache:
             rng = np.random.default_rng([self.seed, prompt, index])
-            self._cache[key] = render_prompt(self.train[prompt], rng)
+            self._cache[key] = self.world.render_prompt(self.train[prompt], rng)
         return self._cache[key]
 
     def batch(self, step: int, size: int) -> TrainingBatch:
@@ -97,7 +103,8 @@ class SortingProblems:
         return TokenBatch(torch.tensor(rows, dtype=torch.long), 2 + self.length, torch.from_numpy(seeds).long())
 
 
-SOURCES: dict[str, type[ShapesRenders] | type[SortingProblems]] = {"shapes": ShapesRenders, "sorting": SortingProblems}
+SOURCES: dict[str, type[ShapesRenders] | type[SortingProblems]] = {"shapes": ShapesRenders, "scenes": ShapesRenders,
+                                                                    "sorting": SortingProblems}
 
 
 def build_source(cfg: PretrainJobConfig) -> ShapesRenders | SortingProblems:

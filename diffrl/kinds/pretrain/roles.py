@@ -4,6 +4,7 @@ weights and a GenEval-shapes reward worker (tiny_t2i) or dLLM decode workers (th
 
 from __future__ import annotations
 
+from diffrl.envs.worlds import REWARDS
 from diffrl.kinds.pretrain.config import PretrainJobConfig
 from diffrl.models.dllm.presets import V2_BLOCK
 from diffrl.platform.roles import RoleSpec
@@ -12,7 +13,11 @@ ROLLOUT = "diffrl.workers.rollout:RolloutWorker"
 REWARD = "diffrl.workers.reward:RewardWorker"
 LEARNER = "diffrl.workers.learner:LearnerWorker"
 DECODE = "diffrl.workers.decode:DecodeWorker"
-EVAL_REWARD = {"name": "geneval_shapes", "weight": 1.0, "kwargs": {}, "retries": 2, "timeout_s": None, "backoff_s": 0.5}
+
+
+def eval_reward(world: str = "shapes") -> dict:
+    """The held-out reward of an image world: its GenEval rules (geneval_shapes or geneval_scenes)."""
+    return {"name": REWARDS[world], "weight": 1.0, "kwargs": {}, "retries": 2, "timeout_s": None, "backoff_s": 0.5}
 
 
 def eval_rollout_config(cfg: PretrainJobConfig) -> dict:
@@ -25,6 +30,8 @@ def eval_rollout_config(cfg: PretrainJobConfig) -> dict:
 def pretrain_roles(cfg: PretrainJobConfig) -> list[RoleSpec]:
     """learner (collective ranks), then rollout and reward0 (image eval) or decode (dLLM eval), in set-up order."""
     model = {**cfg.model.model_dump(), "seed": cfg.seed, "lora": {"enabled": False}}
+    if cfg.data.source in REWARDS:
+        model["world"] = cfg.data.source  # a fresh tiny_t2i gets the world's vocabulary and image size
     learner = {**cfg.learner.model_dump(), "total_steps": cfg.trainer.steps}
     if cfg.model.name == "tiny_dllm_v2":
         learner["block_length"] = V2_BLOCK
@@ -42,6 +49,6 @@ def pretrain_roles(cfg: PretrainJobConfig) -> list[RoleSpec]:
     return specs + [
         RoleSpec("rollout", ROLLOUT, ((model, eval_rollout_config(cfg), False),) * cfg.eval.num_workers,
                  cfg.eval.cpus_per_worker, cfg.eval.gpus_per_worker, max_restarts=3),
-        RoleSpec("reward0", REWARD, (([EVAL_REWARD],),), cfg.eval.reward_cpus, max_restarts=3,
-                 label="reward 'geneval_shapes'"),
+        RoleSpec("reward0", REWARD, (([eval_reward(cfg.data.source)],),), cfg.eval.reward_cpus, max_restarts=3,
+                 label=f"reward '{REWARDS[cfg.data.source]}'"),
     ]

@@ -228,10 +228,12 @@ class RewardConfig(Section):
 
 
 class DataConfig(Section):
-    source: Literal["shapes", "files"] = Field(
-        "shapes", description="shapes: the built-in shapes world; files: train_file and eval_file (Flow-GRPO formats)"
+    source: Literal["shapes", "scenes", "files"] = Field(
+        "shapes", description="shapes: the built-in shapes world; scenes: the harder scenes world; files: train_file "
+        "and eval_file (Flow-GRPO formats)"
     )
     heldout_fraction: float = Field(0.25, gt=0, lt=1, description="share of shapes prompts held out for eval")
+    heldout_per_tag: int = Field(4, ge=1, le=4, description="scenes prompts held out per task type for eval")
     split_seed: int = 0
     train_file: str | None = Field(None, description=".txt (one prompt per line) or .jsonl (GenEval metadata)")
     eval_file: str | None = Field(None, description="held-out prompts, same formats")

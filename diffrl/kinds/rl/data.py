@@ -1,4 +1,4 @@
-"""The RL job's prompts: the shapes world's splits or Flow-GRPO-format prompt files, and the sample requests of a
+"""The RL job's prompts: an embedded world's splits (shapes, scenes) or Flow-GRPO-format prompt files, and the sample requests of a
 training step or a held-out eval (each sample with its own seed)."""
 
 from __future__ import annotations
@@ -16,9 +16,11 @@ def prompt_splits(cfg: RLJobConfig) -> tuple[list[dict], list[dict]]:
     """(train, eval) prompt entries, each a dict with "prompt" and any reward metadata."""
     if cfg.data.source == "files":
         return read_prompt_file(cfg.data.train_file), read_prompt_file(cfg.data.eval_file)
-    from diffrl.envs.shapes import prompt_splits as shapes_splits
+    from diffrl.envs.worlds import world
 
-    return shapes_splits(heldout_fraction=cfg.data.heldout_fraction, seed=cfg.data.split_seed)
+    if cfg.data.source == "scenes":
+        return world("scenes").prompt_splits(heldout_per_tag=cfg.data.heldout_per_tag, seed=cfg.data.split_seed)
+    return world("shapes").prompt_splits(heldout_fraction=cfg.data.heldout_fraction, seed=cfg.data.split_seed)
 
 
 def read_prompt_file(path: str) -> list[dict]:
