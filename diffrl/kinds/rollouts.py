@@ -70,16 +70,18 @@ def eval_metrics(batch: RolloutBatch, metric: str) -> dict[str, float]:
     """Mean of every numeric reward detail, per tag and averaged over tags (GenEval's overall score), and of the job
     reward (`eval/reward`: over all samples, and per tag); the headline is `metric`'s."""
     tags = [m.get("tag", "all") for m in batch.metadata]
-    out: dict[str, float] = {"eval/reward": float(batch.rewards.mean())}
-    rewards = batch.rewards.tolist()
-    out.update({f"eval/reward/{tag}": float(np.mean([r for r, g in zip(rewards, tags) if g == tag]))
-                for tag in sorted(set(tags))})
+
+    def per_tag(values: list) -> dict[str, float]:
+        return {tag: float(np.mean([v for v, g in zip(values, tags) if g == tag])) for tag in sorted(set(tags))}
+
+    out: dict[str, float] = {f"eval/reward/{tag}": v for tag, v in per_tag(batch.rewards.tolist()).items()}
+    out["eval/reward"] = float(batch.rewards.mean())
     for key, values in batch.reward_details.items():
         if not values or not isinstance(values[0], (int, float)):
             continue
-        per_tag = {tag: float(np.mean([v for v, g in zip(values, tags) if g == tag])) for tag in sorted(set(tags))}
-        out.update({f"eval/{key}/{tag}": value for tag, value in per_tag.items()})
-        out[f"eval/{key}"] = float(np.mean(list(per_tag.values())))
+        means = per_tag(values)
+        out.update({f"eval/{key}/{tag}": value for tag, value in means.items()})
+        out[f"eval/{key}"] = float(np.mean(list(means.values())))
     if f"eval/{metric}" not in out:
         known = sorted(key for key, values in batch.reward_details.items()
                        if values and isinstance(values[0], (int, float)))

@@ -243,9 +243,9 @@ def key_origins(text: str, source: str) -> Origins:
     return origins
 
 
-def read_job(path: str | Path, overrides: list[str] | None = None) -> tuple[dict, Origins]:
-    """A YAML job file as a dict with dotted overrides applied (not validated yet), and where each key came from.
-    The file must hold a mapping: an empty file, a list or a scalar is a ConfigError, not the default job."""
+def read_job(path: str | Path) -> tuple[dict, Origins]:
+    """A YAML job file as a dict (not validated yet), and where each key came from (`apply_overrides` adds the
+    command line's; see `kinds.load_job`). The file must hold a mapping: an empty file, a list or a scalar is a ConfigError, not the default job."""
     path = Path(path)
     if not path.is_file():
         raise ConfigError(f"job file not found: {path}")
@@ -258,8 +258,7 @@ def read_job(path: str | Path, overrides: list[str] | None = None) -> tuple[dict
         raise ConfigError(f"{path}: the job file is empty; it must be a mapping of keys (at least `kind:`)")
     if not isinstance(data, dict):
         raise ConfigError(f"{path}: a job file must be a mapping of keys, got {type(data).__name__} {data!r:.40}")
-    origins = key_origins(text, str(path))
-    return apply_overrides(data, overrides or [], origins), origins
+    return data, key_origins(text, str(path))
 
 
 # How a job's input paths resolve (JobConfig.INPUT_PATHS: {dotted key pattern: mode}; '*' matches one list index or
@@ -285,12 +284,12 @@ def _resolved(value: str, mode: str, base: Path) -> str:
         return f"{_resolved(target, 'file', base)}:{attribute}"
     if not value or "://" in value or value.startswith("builtin:") or Path(value).expanduser().is_absolute():
         return value
-    path = (base / value).resolve()
+    path, cwd = (base / value).resolve(), Path.cwd().resolve()
     if mode != "file" and not path.exists() and not value.startswith(("./", "../")):
         return value  # perhaps a model id (org/name); an explicit ./ or ../ is always a path
     # Relative to the current directory when under it (a file reward's name is its detail key: running from the
     # repository root keeps it as short as it was written), else absolute.
-    return str(path.relative_to(Path.cwd().resolve())) if path.is_relative_to(Path.cwd().resolve()) else str(path)
+    return str(path.relative_to(cwd)) if path.is_relative_to(cwd) else str(path)
 
 
 def resolve_input_paths(data: Any, patterns: dict[str, str], base: Path,

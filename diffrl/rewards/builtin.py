@@ -3,20 +3,21 @@
 from __future__ import annotations
 
 from diffrl.envs.shapes import COLORS
+from diffrl.envs.worlds import LABELS
 from diffrl.rewards.base import register_reward
 from diffrl.rewards.ocr import ocr_prompt_problem
 from diffrl.rewards.geneval import GenEvalReward, geneval_prompt_problem
 from diffrl.rewards.shapes_detector import ShapesColorClassifier, ShapesDetector
 
 
-@register_reward("geneval_shapes", prompt_check=geneval_prompt_problem, headline=("strict", "GenEval-shapes"))
+@register_reward("geneval_shapes", prompt_check=geneval_prompt_problem, headline=("strict", LABELS["shapes"]))
 def geneval_shapes(score: str = "partial") -> GenEvalReward:
     """GenEval's rules on the shapes world: the exact per-cell detector, colors classified among the world's palette.
     `score`: "partial" (Flow-GRPO's partial credit) or "strict" as the training signal."""
     return GenEvalReward(ShapesDetector(), ShapesColorClassifier(), colors=tuple(COLORS), score=score)
 
 
-@register_reward("geneval_scenes", prompt_check=geneval_prompt_problem, headline=("strict", "GenEval-scenes"))
+@register_reward("geneval_scenes", prompt_check=geneval_prompt_problem, headline=("strict", LABELS["scenes"]))
 def geneval_scenes(score: str = "partial") -> GenEvalReward:
     """GenEval's rules (with the size extension) on the scenes world: the exact per-cell detector of its five shapes
     and two sizes, colors classified among its palette. `score`: "partial" or "strict" as the training signal."""

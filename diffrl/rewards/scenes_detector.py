@@ -17,7 +17,8 @@ import numpy as np
 
 from diffrl.envs.scenes import CELL, COLORS, GRID, IMAGE_SIZE, SHAPE_MASKS, SHAPES, SIZES
 from diffrl.rewards.geneval import Detection
-from diffrl.rewards.shapes_detector import BLUR_SIGMAS, MAX_SHIFT, ShapesColorClassifier, _gaussian_blur
+from diffrl.rewards.shapes_detector import (BLUR_SIGMAS, MAX_SHIFT, ShapesColorClassifier, _gaussian_blur,
+                                            cell_detection)
 
 MIN_LEVEL = 0.25
 MIN_PIXELS = 6
@@ -81,16 +82,9 @@ class ScenesDetector:
 
     def detect(self, image: np.ndarray) -> list[Detection]:
         cells = analyze_cells(image[None])
-        detections = []
-        for cell in np.flatnonzero(cells["present"][0]):
-            row, col = divmod(int(cell), GRID)
-            mask = np.zeros((IMAGE_SIZE, IMAGE_SIZE), dtype=bool)
-            mask[row * CELL:(row + 1) * CELL, col * CELL:(col + 1) * CELL] = cells["mask"][0, cell]
-            ys, xs = np.nonzero(mask)
-            box = (float(xs.min()), float(ys.min()), float(xs.max() + 1), float(ys.max() + 1))
-            detections.append(Detection(SHAPES[cells["shape"][0, cell]], box, float(cells["confidence"][0, cell]),
-                                        mask, {"size": SIZE_NAMES[cells["size"][0, cell]]}))
-        return detections
+        return [cell_detection(int(cell), cells["mask"][0, cell], GRID, SHAPES[cells["shape"][0, cell]],
+                               float(cells["confidence"][0, cell]), {"size": SIZE_NAMES[cells["size"][0, cell]]})
+                for cell in np.flatnonzero(cells["present"][0])]
 
 
 def scenes_color_classifier() -> ShapesColorClassifier:

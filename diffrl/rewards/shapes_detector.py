@@ -85,15 +85,21 @@ class ShapesDetector:
 
     def detect(self, image: np.ndarray) -> list[Detection]:
         present, shape_index, confidence, masks = analyze_cells(image[None])
-        detections = []
-        for cell in np.flatnonzero(present[0]):
-            row, col = divmod(int(cell), GRID)
-            mask = np.zeros((IMAGE_SIZE, IMAGE_SIZE), dtype=bool)
-            mask[row * CELL : (row + 1) * CELL, col * CELL : (col + 1) * CELL] = masks[0, cell]
-            ys, xs = np.nonzero(mask)
-            box = (float(xs.min()), float(ys.min()), float(xs.max() + 1), float(ys.max() + 1))
-            detections.append(Detection(SHAPES[shape_index[0, cell]], box, float(confidence[0, cell]), mask))
-        return detections
+        return [cell_detection(int(cell), masks[0, cell], GRID, SHAPES[shape_index[0, cell]],
+                               float(confidence[0, cell])) for cell in np.flatnonzero(present[0])]
+
+
+def cell_detection(cell: int, cell_mask: np.ndarray, grid: int, label: str, score: float,
+                   attributes: dict | None = None) -> Detection:
+    """The Detection of grid cell `cell` (row-major) of a grid x grid world: its mask placed in the full image,
+    and the mask's pixel box."""
+    size = cell_mask.shape[0]
+    row, col = divmod(cell, grid)
+    mask = np.zeros((grid * size, grid * size), dtype=bool)
+    mask[row * size : (row + 1) * size, col * size : (col + 1) * size] = cell_mask
+    ys, xs = np.nonzero(mask)
+    box = (float(xs.min()), float(ys.min()), float(xs.max() + 1), float(ys.max() + 1))
+    return Detection(label, box, score, mask, attributes or {})
 
 
 class ShapesColorClassifier:

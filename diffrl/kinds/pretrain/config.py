@@ -133,9 +133,10 @@ class PretrainJobConfig(JobConfig):
             raise ValueError(f"eval.decode.gen_length={self.eval.decode.gen_length} must equal data.length="
                              f"{self.data.length} (the answer's length)")
         if self.trainer.eval_label is None:  # written into __dict__: no re-validation for a derived default
-            labels = {"shapes": "GenEval-shapes strict", "scenes": "GenEval-scenes strict",
-                      "sorting": "sorting exact match"}
-            self.trainer.__dict__["eval_label"] = labels[self.data.source]
+            from diffrl.envs.worlds import LABELS
+
+            label = f"{LABELS[self.data.source]} strict" if self.data.source in LABELS else "sorting exact match"
+            self.trainer.__dict__["eval_label"] = label
         if self.learner.min_lr > self.learner.lr:
             raise ValueError(f"learner.min_lr={self.learner.min_lr} exceeds learner.lr={self.learner.lr}")
         return self
