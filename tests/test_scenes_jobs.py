@@ -22,13 +22,12 @@ def test_pretrain_then_rl_on_the_scenes_world(tmp_path):
     model = TinyT2I.from_pretrained(model_dir)
     assert model.sample_shape == (3, 40, 40) and {"diamond", "cross", "yellow", "small"} <= set(model.vocab)
 
-    proc = subprocess.run([sys.executable, "-m", "diffrl.cli", "run", str(REPO / "configs/scenes_awm.yaml"),
-                           f"model.path={model_dir}", f"output_dir={tmp_path}", "backend=local", "trainer.steps=2",
-                           "rollout.prompts_per_step=2", "rollout.group_size=4", "trainer.eval_every=0",
-                           "trainer.eval_seeds_per_prompt=1"], capture_output=True, text=True, timeout=600,
-                          cwd=tmp_path)
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    assert "held-out GenEval-scenes" in proc.stdout + proc.stderr
+    said: list[str] = []
+    rl = load_job(REPO / "configs/scenes_awm.yaml", [
+        f"model.path={model_dir}", f"output_dir={tmp_path}", "backend=local", "trainer.steps=2",
+        "rollout.prompts_per_step=2", "rollout.group_size=4", "trainer.eval_every=0", "trainer.eval_seeds_per_prompt=1"])
+    run_job(rl, echo=said.append)
+    assert any("held-out GenEval-scenes" in line for line in said), said
     records = [json.loads(line) for line in (tmp_path / "scenes_awm/metrics.jsonl").read_text().splitlines()]
     steps = [r for r in records if "reward/mean" in r]
     assert [r["step"] for r in steps] == [1, 2]
