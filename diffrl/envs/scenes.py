@@ -110,36 +110,51 @@ def _listing(clauses: list[dict]) -> str:
     return ", ".join(phrases[:-1]) + " and " + phrases[-1] if len(phrases) > 2 else " and ".join(phrases)
 
 
+def _plural(shape: str) -> str:
+    return f"{shape}{'es' if shape.endswith('s') else 's'}"
+
+
+def caption(entry: dict) -> str:
+    """The caption of a prompt's metadata, by its tag (the one grammar all_prompts and perturbed prompts share)."""
+    include = entry["include"]
+    if entry["tag"] == "counting":
+        return f"a photo of {NUMBER_WORDS[include[0]['count']]} {_plural(include[0]['class'])}"
+    if entry["tag"] == "position":
+        target, subject = include
+        return f"a photo of {_phrase(subject)} {subject['position'][0]} {_phrase(target)}"
+    return f"a photo of {_listing(include)}"
+
+
+def _entry(tag: str, include: list[dict], **extra) -> dict:
+    entry = {"tag": tag, "include": include, **extra}
+    return {**entry, "prompt": caption(entry)}
+
+
+def counting_entry(shape: str, n: int) -> dict:
+    """Exactly n of a shape: the n + 1 exclusion is GenEval's counting rule."""
+    return _entry("counting", [_clause(shape, n)], exclude=[_clause(shape, n + 1)])
+
+
 def all_prompts() -> list[dict]:
     """Every prompt of the world as GenEval metadata, in a fixed order. Per tag:
     single_object (a shape), colors (a size and a color), two_object (two shapes), multi_object (3-5 shapes),
     counting (2-6 of a shape; excludes n + 1), position (a colored shape related to another colored shape: the
     relation binds to specific objects), color_attr (three shapes, three colors), size_attr (two shapes, two sizes)."""
-    prompts = [{"tag": "single_object", "include": [_clause(s)], "prompt": f"a photo of a {s}"} for s in SHAPES]
-    for shape, color, size in product(SHAPES, COLORS, SIZES):
-        clause = _clause(shape, color=color, size=size)
-        prompts.append({"tag": "colors", "include": [clause], "prompt": f"a photo of {_phrase(clause)}"})
-    for a, b in permutations(SHAPES, 2):
-        clauses = [_clause(a), _clause(b)]
-        prompts.append({"tag": "two_object", "include": clauses, "prompt": f"a photo of {_listing(clauses)}"})
-    for n in (3, 4, 5):
-        for names in combinations(SHAPES, n):
-            clauses = [_clause(s) for s in names]
-            prompts.append({"tag": "multi_object", "include": clauses, "prompt": f"a photo of {_listing(clauses)}"})
-    for shape, n in product(SHAPES, COUNTS):
-        prompts.append({"tag": "counting", "include": [_clause(shape, n)], "exclude": [_clause(shape, n + 1)],
-                        "prompt": f"a photo of {NUMBER_WORDS[n]} {shape}{'es' if shape.endswith('s') else 's'}"})
+    prompts = [_entry("single_object", [_clause(s)]) for s in SHAPES]
+    prompts += [_entry("colors", [_clause(shape, color=color, size=size)])
+                for shape, color, size in product(SHAPES, COLORS, SIZES)]
+    prompts += [_entry("two_object", [_clause(a), _clause(b)]) for a, b in permutations(SHAPES, 2)]
+    prompts += [_entry("multi_object", [_clause(s) for s in names])
+                for n in (3, 4, 5) for names in combinations(SHAPES, n)]
+    prompts += [counting_entry(shape, n) for shape, n in product(SHAPES, COUNTS)]
     for (a, b), relation, (color_a, color_b) in product(permutations(SHAPES, 2), RELATIONS,
                                                         permutations(COLORS, 2)):
         target, subject = _clause(b, color=color_b), {**_clause(a, color=color_a), "position": [relation, 0]}
-        prompts.append({"tag": "position", "include": [target, subject],
-                        "prompt": f"a photo of {_phrase(subject)} {relation} {_phrase(target)}"})
-    for names, colors in product(combinations(SHAPES, 3), permutations(COLORS, 3)):
-        clauses = [_clause(s, color=c) for s, c in zip(names, colors)]
-        prompts.append({"tag": "color_attr", "include": clauses, "prompt": f"a photo of {_listing(clauses)}"})
-    for (a, b), (size_a, size_b) in product(permutations(SHAPES, 2), product(SIZES, repeat=2)):
-        clauses = [_clause(a, size=size_a), _clause(b, size=size_b)]
-        prompts.append({"tag": "size_attr", "include": clauses, "prompt": f"a photo of {_listing(clauses)}"})
+        prompts.append(_entry("position", [target, subject]))
+    prompts += [_entry("color_attr", [_clause(s, color=c) for s, c in zip(names, colors)])
+                for names, colors in product(combinations(SHAPES, 3), permutations(COLORS, 3))]
+    prompts += [_entry("size_attr", [_clause(a, size=size_a), _clause(b, size=size_b)])
+                for (a, b), (size_a, size_b) in product(permutations(SHAPES, 2), product(SIZES, repeat=2))]
     return prompts
 
 

@@ -36,6 +36,14 @@ def model_problems(name: str, path: str | None, key: str = "model") -> list[str]
         except FileNotFoundError as err:
             return [f"{key}.path: {err}"]
         return []
+    if name == "scenes_pref":
+        from diffrl.models.preference import resolve_preference_path
+
+        try:
+            resolve_preference_path(path)
+        except FileNotFoundError as err:
+            return [f"{key}.path: {err}"]
+        return []
     if name in ("dllm", "tiny_dllm", "tiny_dllm_v2"):
         from diffrl.models.dllm.adapter import resolve_checkpoint
 

@@ -10,7 +10,7 @@ from torch import nn
 from diffrl.models.adapter import ModelAdapter
 
 
-MODEL_NAMES = ("tiny_t2i", "sd3", "flux", "sana", "dllm", "tiny_dllm", "tiny_dllm_v2")
+MODEL_NAMES = ("tiny_t2i", "sd3", "flux", "sana", "dllm", "tiny_dllm", "tiny_dllm_v2", "scenes_pref")
 
 
 def build_model(name: str, path: str | None, seed: int = 0, **options: Any) -> ModelAdapter | Any:
@@ -47,6 +47,10 @@ def build_model(name: str, path: str | None, seed: int = 0, **options: Any) -> M
                 raise ValueError("model.path: a dllm model needs a local checkpoint directory")
             return build_preset(name, seed)
         return MaskedDiffusionLM.from_pretrained(path)
+    if name == "scenes_pref":  # the learned preference reward's dual encoder (trained by kind: pretrain)
+        from diffrl.models.preference import PreferenceModel, fresh_preference_model
+
+        return fresh_preference_model(seed) if path is None else PreferenceModel.from_pretrained(path)
     raise ValueError(f"model.name: unknown model {name!r}; allowed: {list(MODEL_NAMES)}")
 
 

@@ -236,9 +236,11 @@ def build_reward(name: str, **kwargs) -> Reward:
 
 
 def path_problems(name: str, kwargs: dict) -> list[str]:
-    """The model directories in a registered reward's kwargs that do not exist here."""
+    """The model directories in a registered reward's kwargs that do not exist here (`builtin:NAME`, a checkpoint the
+    package ships, is the reward's own to resolve when it is built)."""
     return [f"kwargs.{key}: {kwargs[key]!r} is not a local directory (nothing is downloaded at run time)"
-            for key in _PATH_KWARGS.get(name, ()) if kwargs.get(key) and not Path(kwargs[key]).expanduser().is_dir()]
+            for key in _PATH_KWARGS.get(name, ()) if kwargs.get(key) and not str(kwargs[key]).startswith("builtin:")
+            and not Path(kwargs[key]).expanduser().is_dir()]
 
 
 def prompt_problems(name: str, entries: Sequence[dict]) -> list[str]:

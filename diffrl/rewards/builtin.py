@@ -6,6 +6,7 @@ from diffrl.envs.shapes import COLORS
 from diffrl.envs.worlds import LABELS
 from diffrl.rewards.base import register_reward
 from diffrl.rewards.ocr import ocr_prompt_problem
+from diffrl.rewards.preference import preference_prompt_problem
 from diffrl.rewards.geneval import GenEvalReward, geneval_prompt_problem
 from diffrl.rewards.shapes_detector import ShapesColorClassifier, ShapesDetector
 
@@ -25,6 +26,15 @@ def geneval_scenes(score: str = "partial") -> GenEvalReward:
     from diffrl.rewards.scenes_detector import ScenesDetector, scenes_color_classifier
 
     return GenEvalReward(ScenesDetector(), scenes_color_classifier(), colors=tuple(SCENE_COLORS), score=score)
+
+
+@register_reward("scenes_preference", prompt_check=preference_prompt_problem, paths=("path",))
+def scenes_preference(path: str = "builtin:scenes_pref", batch_size: int = 256):
+    """The scenes world's learned preference reward (diffrl.rewards.preference): a PickScore-like dual encoder the
+    project trains itself; `path`: builtin:scenes_pref (shipped) or a directory a preference pretraining wrote."""
+    from diffrl.rewards.preference import PreferenceReward
+
+    return PreferenceReward(path, batch_size)
 
 
 class JpegCompressibility:

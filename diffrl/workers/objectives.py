@@ -34,6 +34,7 @@ from diffrl.workers.batch import RolloutBatch
 from diffrl.workers.adversarial_objectives import AdversarialConsistencyObjective, AdversarialObjective
 from diffrl.workers.dllm_objectives import BlockDiffusionObjective, MaskedDiffusionObjective
 from diffrl.workers.objective_base import Models, Objective
+from diffrl.workers.preference_objective import PreferenceContrastiveObjective
 
 def _matching_rows(
     batch: RolloutBatch, step: int, num_timesteps: int, shared_noise: bool, fraction: float = 0.9
@@ -205,7 +206,8 @@ OBJECTIVES: dict[str, type[Objective]] = {"awm": AWMObjective, "nft": NFTObjecti
                                           "flow_matching_x0": FlowMatchingX0Objective}
 
 OBJECTIVES.update(masked_diffusion=MaskedDiffusionObjective, block_diffusion=BlockDiffusionObjective,
-                  adversarial=AdversarialObjective, adversarial_consistency=AdversarialConsistencyObjective)
+                  adversarial=AdversarialObjective, adversarial_consistency=AdversarialConsistencyObjective,
+                  preference_contrastive=PreferenceContrastiveObjective)
 
 
 def objective_class(name: str) -> type[Objective]:

@@ -12,13 +12,16 @@ from diffrl.kinds.dllm_decode.config import DecodeConfig
 from diffrl.platform.config import BASE_RESUMABLE, RESOURCES_HELP, JobConfig, Resources, Section, TrainerBase
 
 
-MODEL_OBJECTIVE = {"tiny_t2i": "flow_matching_x0", "tiny_dllm": "masked_diffusion", "tiny_dllm_v2": "block_diffusion"}
+MODEL_OBJECTIVE = {"tiny_t2i": "flow_matching_x0", "tiny_dllm": "masked_diffusion", "tiny_dllm_v2": "block_diffusion",
+                   "scenes_pref": "preference_contrastive"}
+MODEL_DATA = {"tiny_t2i": ("shapes", "scenes"), "tiny_dllm": ("sorting",), "tiny_dllm_v2": ("sorting",),
+              "scenes_pref": ("scenes_pairs",)}
 
 
 class PretrainModelConfig(Section):
-    name: Literal["tiny_t2i", "tiny_dllm", "tiny_dllm_v2"] = Field(
-        "tiny_t2i", description="the built-in text-to-image model, or a tiny dLLM: bidirectional (LLaDA form) or "
-        "block-causal (Fast-dLLM v2 form)")
+    name: Literal["tiny_t2i", "tiny_dllm", "tiny_dllm_v2", "scenes_pref"] = Field(
+        "tiny_t2i", description="the built-in text-to-image model, a tiny dLLM: bidirectional (LLaDA form) or "
+        "block-causal (Fast-dLLM v2 form), or the scenes world's learned preference reward (a dual encoder)")
     path: str | None = Field(None, description="None trains from a fresh initialization (seeded by the job's "
                                                "seed); builtin:NAME or a directory continues from those weights")
 
@@ -40,6 +43,21 @@ class ScenesDataConfig(Section):
     prompt_dropout: float = Field(0.1, ge=0, lt=1, description="share of captions replaced by the empty prompt "
                                                                "(classifier-free guidance)")
     heldout_per_tag: int = Field(4, ge=1, le=4, description="prompts held out per task type (never trained on)")
+    split_seed: int = 0
+
+
+class ScenesPairsDataConfig(Section):
+    """(image, caption, one-attribute-changed image and caption) rows of the scenes world, for the learned
+    preference reward (diffrl.kinds.pretrain.preference_data)."""
+
+    source: Literal["scenes_pairs"] = "scenes_pairs"
+    pairs_per_prompt: int = Field(32, ge=1, description="distinct (true, changed) pairs of each training prompt")
+    heldout_per_tag: int = Field(4, ge=1, le=4, description="prompts held out per task type (never trained on); "
+                                 "the same split as the scenes world's pretraining and RL")
+    heldout_pairs_per_prompt: int = Field(12, ge=1, description="verified pairs per held-out prompt at each eval")
+    blur_prob: float = Field(0.5, ge=0, le=1, description="share of renders blurred as a sampler's are")
+    max_blur_sigma: float = Field(1.0, gt=0, description="blur sigma is uniform up to this (pixels)")
+    max_noise: float = Field(0.1, ge=0, description="pixel noise std is uniform up to this (images in [-1, 1])")
     split_seed: int = 0
 
 
@@ -74,9 +92,10 @@ class SupervisedLearnerConfig(Section):
 
 
 class PretrainLearnerConfig(SupervisedLearnerConfig):
-    algorithm: Literal["flow_matching_x0", "masked_diffusion", "block_diffusion"] = Field(
+    algorithm: Literal["flow_matching_x0", "masked_diffusion", "block_diffusion", "preference_contrastive"] = Field(
         "flow_matching_x0", description="the objective: x0-prediction flow matching of the denoiser and the text "
-        "encoder together (tiny_t2i); masked_diffusion (tiny_dllm); block_diffusion (tiny_dllm_v2)")
+        "encoder together (tiny_t2i); masked_diffusion (tiny_dllm); block_diffusion (tiny_dllm_v2); "
+        "preference_contrastive (scenes_pref)")
     ema_decay: float = Field(0.999, ge=0, lt=1, description="EMA of the weights; the EMA is evaluated and saved")
     ema_start: int = Field(200, ge=0, description="the EMA copies the weights until this step")
 
@@ -110,8 +129,8 @@ class PretrainJobConfig(JobConfig):
     )
 
     model: PretrainModelConfig = PretrainModelConfig()
-    data: ShapesDataConfig | ScenesDataConfig | SortingDataConfig = Field(default_factory=ShapesDataConfig,
-                                                                          discriminator="source")
+    data: ShapesDataConfig | ScenesDataConfig | ScenesPairsDataConfig | SortingDataConfig = Field(
+        default_factory=ShapesDataConfig, discriminator="source")
     learner: PretrainLearnerConfig = PretrainLearnerConfig()
     eval: EvalWorkersConfig = EvalWorkersConfig()
     trainer: PretrainTrainerConfig = PretrainTrainerConfig()
@@ -125,17 +144,18 @@ class PretrainJobConfig(JobConfig):
         if self.learner.algorithm != wanted:
             raise ValueError(f"learner.algorithm={self.learner.algorithm} does not train model.name="
                              f"{self.model.name}; use {wanted}")
-        text_model = self.model.name != "tiny_t2i"
-        if text_model != (self.data.source == "sorting"):
+        if self.data.source not in MODEL_DATA[self.model.name]:
             raise ValueError(f"data.source={self.data.source} is not data for model.name={self.model.name} "
-                             f"(tiny_t2i trains on shapes or scenes, the tiny dLLMs on sorting)")
-        if text_model and self.eval.decode.gen_length != self.data.length:
+                             f"(tiny_t2i trains on shapes or scenes, the tiny dLLMs on sorting, scenes_pref on "
+                             f"scenes_pairs)")
+        if self.data.source == "sorting" and self.eval.decode.gen_length != self.data.length:
             raise ValueError(f"eval.decode.gen_length={self.eval.decode.gen_length} must equal data.length="
                              f"{self.data.length} (the answer's length)")
         if self.trainer.eval_label is None:  # written into __dict__: no re-validation for a derived default
             from diffrl.envs.worlds import LABELS
 
-            label = f"{LABELS[self.data.source]} strict" if self.data.source in LABELS else "sorting exact match"
+            label = {"sorting": "sorting exact match", "scenes_pairs": "pair ranking accuracy"}.get(
+                self.data.source, f"{LABELS.get(self.data.source)} strict")
             self.trainer.__dict__["eval_label"] = label
         if self.learner.min_lr > self.learner.lr:
             raise ValueError(f"learner.min_lr={self.learner.min_lr} exceeds learner.lr={self.learner.lr}")

@@ -23,7 +23,17 @@ def run(ctx: RunContext) -> dict[str, Any]:
     cfg, roles, run_dir, log = ctx.cfg, ctx.roles, ctx.run_dir, ctx.log
     source = build_source(cfg)
     learner = roles["learner"]
-    if cfg.data.source == "sorting":
+    if cfg.data.source == "scenes_pairs":
+        from diffrl.kinds.pretrain.preference_data import heldout_pairs
+        from diffrl.kinds.pretrain.preference_eval import evaluate_pairs
+        from diffrl.models.registry import build_model
+
+        local = build_model(cfg.model.name, cfg.model.path, cfg.seed)
+        pairs = heldout_pairs(source.heldout, cfg.data.heldout_pairs_per_prompt, cfg.data.split_seed)
+
+        def held_out_score(step: int, last: bool) -> float:
+            return evaluate_pairs(learner, local, pairs, step, log, run_dir, last)
+    elif cfg.data.source == "sorting":
         roles["decode"].restore = lambda group, rank: restore_eval_worker(group, rank, learner)
 
         def held_out_score(step: int, last: bool) -> float:

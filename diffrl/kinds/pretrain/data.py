@@ -15,6 +15,7 @@ from diffrl.envs.sorting import ALPHABET, heldout_problems, training_problems
 from diffrl.models.dllm.tokenizer import CharTokenizer
 from diffrl.workers.dllm_objectives import TokenBatch
 from diffrl.kinds.pretrain.config import PretrainJobConfig
+from diffrl.kinds.pretrain.preference_data import ScenesPairs
 from diffrl.platform.worker import split_evenly
 
 
@@ -103,10 +104,10 @@ class SortingProblems:
         return TokenBatch(torch.tensor(rows, dtype=torch.long), 2 + self.length, torch.from_numpy(seeds).long())
 
 
-SOURCES: dict[str, type[ShapesRenders] | type[SortingProblems]] = {"shapes": ShapesRenders, "scenes": ShapesRenders,
-                                                                    "sorting": SortingProblems}
+SOURCES: dict[str, type] = {"shapes": ShapesRenders, "scenes": ShapesRenders, "sorting": SortingProblems,
+                             "scenes_pairs": ScenesPairs}
 
 
-def build_source(cfg: PretrainJobConfig) -> ShapesRenders | SortingProblems:
+def build_source(cfg: PretrainJobConfig) -> ShapesRenders | SortingProblems | ScenesPairs:
     """The job's data source, from `data.source` (each source reads its own section)."""
     return SOURCES[cfg.data.source].from_config(cfg)

@@ -1,6 +1,7 @@
 """The pretraining job's roles: N data-parallel DeepSpeed learner ranks (the same LearnerWorker as RL, with the
 flow-matching or masked-diffusion objective), and for the held-out eval either rollout workers that sample the EMA
-weights and a GenEval-shapes reward worker (tiny_t2i) or dLLM decode workers (the tiny dLLMs)."""
+weights and a GenEval reward worker (tiny_t2i) or dLLM decode workers (the tiny dLLMs); the learned preference
+reward (scenes_pref) is ranked on held-out pairs by the controller itself."""
 
 from __future__ import annotations
 
@@ -42,6 +43,8 @@ def pretrain_roles(cfg: PretrainJobConfig) -> list[RoleSpec]:
                  cfg.learner.cpus_per_worker, cfg.learner.gpus_per_worker, dict(cfg.learner.resources),
                  max_restarts=0, collective=True),
     ]
+    if cfg.data.source == "scenes_pairs":  # the preference model's eval ranks held-out pairs on the driver
+        return specs
     if cfg.data.source == "sorting":
         decode = ((model, cfg.eval.decode.model_dump(), cfg.eval.batch_size),) * cfg.eval.num_workers
         return specs + [RoleSpec("decode", DECODE, decode, cfg.eval.cpus_per_worker, cfg.eval.gpus_per_worker,

@@ -1,0 +1,39 @@
+"""Contrastive training of a dual-encoder preference model with hard negatives (pure tensor math).
+
+CLIP's symmetric InfoNCE (Radford et al., arXiv 2103.00020) over a batch of (image, caption) pairs, extended as
+PickScore's preference objective (Kirstain et al., arXiv 2305.01569) and NegCLIP's hard negatives (Yuksekgonul et
+al., arXiv 2210.01936) are: each row also carries the image of a one-attribute-changed caption and that caption.
+
+- caption -> image: the row's caption must pick its own image among every image of the batch and every
+  hard-negative image (the preference a reward needs: the true image above the changed one, for this caption);
+- image -> caption: the row's image must pick its own caption among every caption and every hard-negative caption.
+
+Rows whose captions are equal are not each other's negatives (`same` masks them out of both softmaxes).
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+
+def contrastive_preference_loss(image: Tensor, text: Tensor, neg_image: Tensor, neg_text: Tensor, scale: Tensor,
+                                same: Tensor) -> tuple[Tensor, dict[str, Tensor]]:
+    """image, text, neg_image, neg_text: unit embeddings [N, D]; scale: the logit scale; same [N, N] bool: rows i, j
+    share a caption. Returns the mean of both directions' cross-entropies and, detached, the share of rows whose
+    caption scores its image above its hard-negative image (`pair_accuracy`) and the mean caption-image cosine."""
+    n = len(image)
+    target = torch.arange(n, device=image.device)
+    off_diagonal_same = same & ~torch.eye(n, dtype=torch.bool, device=image.device)
+    blocked = torch.cat([off_diagonal_same, torch.zeros_like(off_diagonal_same)], dim=1)
+    to_image = scale * text @ torch.cat([image, neg_image]).T  # [N, 2N]
+    to_text = scale * image @ torch.cat([text, neg_text]).T
+    to_image = to_image.masked_fill(blocked, float("-inf"))
+    to_text = to_text.masked_fill(blocked, float("-inf"))
+    loss = 0.5 * (F.cross_entropy(to_image, target) + F.cross_entropy(to_text, target))
+    with torch.no_grad():
+        positive = (text * image).sum(-1)
+        negative = (text * neg_image).sum(-1)
+        stats = {"pair_accuracy": (positive > negative).float().mean(), "cosine": positive.mean()}
+    return loss, stats
