@@ -33,7 +33,8 @@ from docs_table import replace_section  # noqa: E402
 
 from diffrl.envs.sorting import heldout_problems, write_prompts_file  # noqa: E402
 from diffrl.kinds import parse_job, run_job  # noqa: E402
-from diffrl.models.dllm.adapter import ASSETS, MaskedDiffusionLM  # noqa: E402
+from diffrl.models.dllm.adapter import MaskedDiffusionLM  # noqa: E402
+from diffrl.models.shipped import ASSETS  # noqa: E402
 from diffrl.models.dllm.generate import DecodeOptions, generate  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]

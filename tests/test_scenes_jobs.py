@@ -7,6 +7,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
+
 from diffrl.kinds import load_job, run_job
 from diffrl.models.tiny_t2i import TinyT2I
 
@@ -64,6 +66,6 @@ def test_preference_pretraining_writes_a_reward_model(tmp_path):
     record = json.loads((tmp_path / "pretrain_scenes_pref/pair_accuracy.json").read_text())
     assert record["pairs"] == 31 and 0.0 <= record["clean"]["accuracy"] <= 1.0  # 32 held out; one has no change
     reward = build_reward("scenes_preference", path=result["model"])
-    image = scenes.render_prompt(scenes.all_prompts()[0], __import__("numpy").random.default_rng(0))[None]
+    image = scenes.render_prompt(scenes.all_prompts()[0], np.random.default_rng(0))[None]
     out = reward(image, ["a photo of a circle"], [{}])
     assert len(out.scores) == 1 and -1.0 <= out.scores[0] <= 1.0

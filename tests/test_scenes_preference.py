@@ -114,8 +114,7 @@ def test_the_reward_names_what_it_refuses():
 
 def test_shipped_checkpoint_known_answers():
     """The true render of a held-out prompt above the render of its one-attribute change, and the true caption above
-    a changed caption, on most verified held-out pairs (the 700-step checkpoint does not yet rank a render above a
-    blank image: see docs/benchmarks.md, "The scenes world")."""
+    a changed caption, on most verified held-out pairs."""
     from diffrl.kinds.pretrain.preference_data import heldout_pairs
     from diffrl.models.preference import PreferenceModel
 
@@ -127,3 +126,16 @@ def test_shipped_checkpoint_known_answers():
     image_wins = np.mean(model.score(pos, captions) > model.score(neg, captions))
     caption_wins = np.mean(model.score(pos, captions) > model.score(pos, [p["changed"] for p in pairs]))
     assert image_wins >= 0.6 and caption_wins >= 0.6, (image_wins, caption_wins)
+
+
+@pytest.mark.xfail(strict=True, reason="the shipped 700-step checkpoint scores a blank image above the true render "
+                   "for many captions (docs/benchmarks.md, 'The scenes world'); this passes once it is retrained")
+def test_shipped_checkpoint_prefers_a_render_to_a_blank_image():
+    from diffrl.models.preference import PreferenceModel
+
+    model = PreferenceModel.from_pretrained("builtin:scenes_pref")
+    _, heldout = scenes.prompt_splits(4, 0)
+    rng = np.random.default_rng(3)
+    renders = np.stack([scenes.render_prompt(p, rng) for p in heldout])
+    captions = [p["prompt"] for p in heldout]
+    assert np.mean(model.score(renders, captions) > model.score(np.zeros_like(renders), captions)) >= 0.9

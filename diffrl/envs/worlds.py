@@ -26,3 +26,15 @@ def vocabulary(name: str) -> list[str]:
 def model_config(name: str) -> dict:
     """The tiny model's config overrides for the world (its image size; one token per grid cell)."""
     return {"image_size": world(name).IMAGE_SIZE}
+
+
+def prompts_by_tag(prompts: list[dict], tags: tuple[str, ...], keep=lambda entry: True) -> list[list[int]]:
+    """Indices of `prompts` grouped by tag (in `tags` order), entries failing `keep` left out, empty groups dropped."""
+    groups = [[i for i, p in enumerate(prompts) if p["tag"] == tag and keep(p)] for tag in tags]
+    return [group for group in groups if group]
+
+
+def draw_by_tag(rng, groups: list[list[int]], size: int) -> list[int]:
+    """`size` prompt indices: a tag drawn uniformly, then a prompt of it (tags with few prompts are not starved)."""
+    tags = rng.integers(0, len(groups), size=size)
+    return [int(rng.choice(groups[t])) for t in tags]

@@ -28,19 +28,11 @@ def model_problems(name: str, path: str | None, key: str = "model") -> list[str]
             return [f"{key}.path: a {name} model needs weights (a local directory"
                     f"{' or a cached Hugging Face model id' if name in DIFFUSERS_FAMILIES else ''})"]
         return []
-    if name == "tiny_t2i":
-        from diffrl.models.tiny_t2i import resolve_weights_path
+    if name in ("tiny_t2i", "scenes_pref"):
+        from diffrl.models.shipped import resolve_weights
 
         try:
-            resolve_weights_path(path)
-        except FileNotFoundError as err:
-            return [f"{key}.path: {err}"]
-        return []
-    if name == "scenes_pref":
-        from diffrl.models.preference import resolve_preference_path
-
-        try:
-            resolve_preference_path(path)
+            resolve_weights(path)
         except FileNotFoundError as err:
             return [f"{key}.path: {err}"]
         return []

@@ -23,7 +23,8 @@ import torch
 from safetensors.torch import load_file, save_file
 from torch import Tensor, nn
 
-ASSETS = Path(__file__).parent / "assets"
+from diffrl.models.shipped import resolve_weights
+
 SPECIAL = ["[PAD]", "[UNK]", "[CLS]"]
 
 DEFAULT_CONFIG: dict[str, Any] = {"image_size": 40, "patch_size": 10, "width": 64, "layers": 2, "heads": 4,
@@ -137,7 +138,7 @@ class PreferenceModel(nn.Module):
     @classmethod
     def from_pretrained(cls, path: str | Path) -> PreferenceModel:
         """A directory written by `save`, or `builtin:NAME` for one the package ships."""
-        directory = resolve_preference_path(path)
+        directory = resolve_weights(path, "preference model weights")
         meta = json.loads((directory / "config.json").read_text())
         if meta.get("architecture") != "scenes_pref":
             raise ValueError(f"{directory / 'config.json'}: architecture is {meta.get('architecture')!r}, "
@@ -145,18 +146,6 @@ class PreferenceModel(nn.Module):
         model = cls(meta["vocab"], meta["config"])
         model.load_state_dict(load_file(str(directory / "model.safetensors")))
         return model.eval()
-
-
-def resolve_preference_path(path: str | Path) -> Path:
-    """`builtin:NAME` -> the package's assets/NAME; a directory otherwise. The error names the missing file."""
-    text = str(path)
-    directory = ASSETS / text.removeprefix("builtin:") if text.startswith("builtin:") else Path(text).expanduser()
-    for required in ("config.json", "model.safetensors"):
-        if not (directory / required).is_file():
-            hint = (" (train it with `diffrl run configs/pretrain_scenes_pref.yaml`)" if text.startswith("builtin:")
-                    else "")
-            raise FileNotFoundError(f"preference model weights not found: {directory / required} is missing{hint}")
-    return directory
 
 
 def fresh_preference_model(seed: int, world: str = "scenes") -> PreferenceModel:

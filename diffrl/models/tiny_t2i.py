@@ -24,9 +24,9 @@ from safetensors.torch import load_file, save_file  # noqa: E402
 from transformers import CLIPTextConfig, CLIPTextModel, PreTrainedTokenizerFast  # noqa: E402
 
 from diffrl.models.adapter import Conditioning, ModelAdapter  # noqa: E402
+from diffrl.models.shipped import resolve_weights  # noqa: E402
 
 SPECIAL_TOKENS = ["[PAD]", "[UNK]", "[BOS]", "[EOS]"]
-ASSETS = Path(__file__).parent / "assets"
 
 DEFAULT_CONFIG: dict[str, Any] = {
     "image_size": 30,
@@ -168,10 +168,4 @@ class TinyT2I(ModelAdapter):
 
 def resolve_weights_path(path: str | Path) -> Path:
     """`builtin:NAME` -> the package's assets/NAME; a directory otherwise. Errors name the missing path."""
-    text = str(path)
-    directory = ASSETS / text.removeprefix("builtin:") if text.startswith("builtin:") else Path(text)
-    for required in ("config.json", "model.safetensors"):
-        if not (directory / required).is_file():
-            hint = " (run `diffrl pretrain-shapes` to build it)" if text.startswith("builtin:") else ""
-            raise FileNotFoundError(f"model weights not found: {directory / required} is missing{hint}")
-    return directory
+    return resolve_weights(path)

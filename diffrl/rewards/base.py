@@ -236,11 +236,13 @@ def build_reward(name: str, **kwargs) -> Reward:
 
 
 def path_problems(name: str, kwargs: dict) -> list[str]:
-    """The model directories in a registered reward's kwargs that do not exist here (`builtin:NAME`, a checkpoint the
-    package ships, is the reward's own to resolve when it is built)."""
+    """The model directories in a registered reward's kwargs that do not exist here (`builtin:NAME`: a checkpoint the
+    package ships, diffrl.models.shipped)."""
+    from diffrl.models.shipped import missing_hint, shipped_directory
+
     return [f"kwargs.{key}: {kwargs[key]!r} is not a local directory (nothing is downloaded at run time)"
-            for key in _PATH_KWARGS.get(name, ()) if kwargs.get(key) and not str(kwargs[key]).startswith("builtin:")
-            and not Path(kwargs[key]).expanduser().is_dir()]
+            f"{missing_hint(kwargs[key])}"
+            for key in _PATH_KWARGS.get(name, ()) if kwargs.get(key) and not shipped_directory(kwargs[key]).is_dir()]
 
 
 def prompt_problems(name: str, entries: Sequence[dict]) -> list[str]:

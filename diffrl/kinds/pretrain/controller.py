@@ -25,14 +25,15 @@ def run(ctx: RunContext) -> dict[str, Any]:
     learner = roles["learner"]
     if cfg.data.source == "scenes_pairs":
         from diffrl.kinds.pretrain.preference_data import heldout_pairs
-        from diffrl.kinds.pretrain.preference_eval import evaluate_pairs
+        from diffrl.kinds.pretrain.preference_eval import degraded_pairs, evaluate_pairs
         from diffrl.models.registry import build_model
 
         local = build_model(cfg.model.name, cfg.model.path, cfg.seed)
         pairs = heldout_pairs(source.heldout, cfg.data.heldout_pairs_per_prompt, cfg.data.split_seed)
+        degraded = degraded_pairs(pairs)
 
         def held_out_score(step: int, last: bool) -> float:
-            return evaluate_pairs(learner, local, pairs, step, log, run_dir, last)
+            return evaluate_pairs(learner, local, pairs, degraded, step, log, run_dir, last)
     elif cfg.data.source == "sorting":
         roles["decode"].restore = lambda group, rank: restore_eval_worker(group, rank, learner)
 

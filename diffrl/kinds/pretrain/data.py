@@ -10,7 +10,7 @@ from dataclasses import dataclass, replace
 import numpy as np
 import torch
 
-from diffrl.envs.worlds import world
+from diffrl.envs.worlds import draw_by_tag, prompts_by_tag, world
 from diffrl.envs.sorting import ALPHABET, heldout_problems, training_problems
 from diffrl.models.dllm.tokenizer import CharTokenizer
 from diffrl.workers.dllm_objectives import TokenBatch
@@ -50,8 +50,7 @@ class ShapesRenders:
         self.seed, self.renders, self.dropout = seed, renders_per_prompt, prompt_dropout
         self.world = world(name)
         self.train, self.heldout = self.world.prompt_splits(**split)
-        self.by_tag = [[i for i, p in enumerate(self.train) if p["tag"] == tag] for tag in self.world.TAGS]
-        self.by_tag = [group for group in self.by_tag if group]
+        self.by_tag = prompts_by_tag(self.train, self.world.TAGS)
         self._cache: dict[tuple[int, int], np.ndarray] = {}
 
     @classmethod
@@ -72,8 +71,7 @@ class ShapesRenders:
 
     def batch(self, step: int, size: int) -> TrainingBatch:
         rng = np.random.default_rng([self.seed, step])
-        tags = rng.integers(0, len(self.by_tag), size=size)
-        prompts = [int(rng.choice(self.by_tag[t])) for t in tags]
+        prompts = draw_by_tag(rng, self.by_tag, size)
         renders = rng.integers(0, self.renders, size=size)
         dropped = rng.random(size) < self.dropout
         seeds = rng.integers(0, 2**62, size=size)

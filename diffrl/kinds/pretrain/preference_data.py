@@ -22,6 +22,7 @@ import torch.nn.functional as F
 
 from diffrl.envs import scenes
 from diffrl.envs.scenes_pairs import applicable, perturb
+from diffrl.envs.worlds import draw_by_tag, prompts_by_tag
 from diffrl.models.preference import DEFAULT_CONFIG, caption_vocabulary, token_ids, token_table
 from diffrl.platform.worker import split_evenly
 
@@ -95,7 +96,7 @@ class ScenesPairs:
         self.augment = (blur_prob, max_blur_sigma, max_noise)
         self.train, self.heldout = scenes.prompt_splits(**split)
         # A prompt naming all five shapes has no one-attribute change: it makes no pair.
-        self.by_tag = [[i for i, p in enumerate(self.train) if p["tag"] == tag and applicable(p)] for tag in scenes.TAGS]
+        self.by_tag = prompts_by_tag(self.train, scenes.TAGS, keep=applicable)
         self.table = token_table(caption_vocabulary([p["prompt"] for p in scenes.all_prompts()]))
         self.rules = rule_strict()
         self._cache: dict[tuple[int, int], tuple[np.ndarray, dict, np.ndarray, str]] = {}
@@ -119,8 +120,7 @@ class ScenesPairs:
 
     def batch(self, step: int, size: int) -> PairBatch:
         rng = np.random.default_rng([self.seed, step])
-        tags = rng.integers(0, len(self.by_tag), size=size)
-        prompts = [int(rng.choice(self.by_tag[t])) for t in tags]
+        prompts = draw_by_tag(rng, self.by_tag, size)
         indices = rng.integers(0, self.pairs_per_prompt, size=size)
         pairs = [self.pair(p, int(i)) for p, i in zip(prompts, indices)]
         limit = DEFAULT_CONFIG["max_words"]

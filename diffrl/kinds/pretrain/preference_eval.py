@@ -18,14 +18,18 @@ from diffrl.models.registry import load_trainable_state_dict
 from diffrl.utils.atomic import atomic_write_text
 
 
-def pair_metrics(model: PreferenceModel, pairs: list[dict], degraded: bool = False) -> dict[str, float]:
+def degraded_pairs(pairs: list[dict]) -> list[dict]:
+    """The same pairs with both renders blurred (sigma up to 0.8) and noised, as samples are (fixed draws)."""
+    rng = np.random.default_rng(0)
+    pos, neg = (((degrade(np.stack([p[key] for p in pairs]), rng, 1.0, 0.8, 0.05) + 1) * 127.5).round()
+                .clamp(0, 255).byte().permute(0, 2, 3, 1).numpy() for key in ("pos", "neg"))
+    return [{**p, "pos": a, "neg": b} for p, a, b in zip(pairs, pos, neg)]
+
+
+def pair_metrics(model: PreferenceModel, pairs: list[dict]) -> dict[str, float]:
     """Ranking accuracy (overall and per kind) and the mean score margin of the true over the changed render."""
     captions = [p["entry"]["prompt"] for p in pairs]
     pos, neg = np.stack([p["pos"] for p in pairs]), np.stack([p["neg"] for p in pairs])
-    if degraded:
-        rng = np.random.default_rng(0)
-        pos, neg = (((degrade(x, rng, 1.0, 0.8, 0.05) + 1) * 127.5).round().clamp(0, 255).byte()
-                    .permute(0, 2, 3, 1).numpy() for x in (pos, neg))
     margin = model.score(pos, captions) - model.score(neg, captions)
     kinds = np.array([p["kind"] for p in pairs])
     out = {"accuracy": float(np.mean(margin > 0)), "margin": float(np.mean(margin))}
@@ -33,10 +37,12 @@ def pair_metrics(model: PreferenceModel, pairs: list[dict], degraded: bool = Fal
     return out
 
 
-def evaluate_pairs(learner, local: PreferenceModel, pairs: list[dict], step: int, log, run_dir, last: bool) -> float:
+def evaluate_pairs(learner, local: PreferenceModel, pairs: list[dict], degraded_copy: list[dict], step: int, log,
+                   run_dir, last: bool) -> float:
+    """`degraded_copy`: degraded_pairs(pairs), made once per run."""
     load_trainable_state_dict(local, learner.get([learner.call(0, "get_weights", ema=True)])[0].tensors())
     with torch.no_grad():
-        clean, degraded = pair_metrics(local, pairs), pair_metrics(local, pairs, degraded=True)
+        clean, degraded = pair_metrics(local, pairs), pair_metrics(local, degraded_copy)
     log.write({"step": step, "eval/headline": clean["accuracy"], **{f"eval/{k}": v for k, v in clean.items()},
                **{f"eval/degraded/{k}": v for k, v in degraded.items()}})
     if last:

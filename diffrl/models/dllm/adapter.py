@@ -22,18 +22,16 @@ from torch import Tensor, nn
 
 from diffrl.models.dllm.tokenizer import CharTokenizer, Tokenizer, load_tokenizer
 from diffrl.models.dllm.transformer import DLLMConfig, DLLMTransformer, KVCache
+from diffrl.models.shipped import missing_hint, shipped_directory
 
 CONFIG_FILE, WEIGHTS_FILE = "dllm_config.json", "model.safetensors"
-ASSETS = Path(__file__).resolve().parents[1] / "assets"  # builtin:NAME checkpoints shipped in the package
 
 
 def resolve_checkpoint(path: str | Path) -> Path:
     """`builtin:NAME` -> the package's assets/NAME; else the directory itself. The error names the path."""
-    text = str(path)
-    directory = ASSETS / text.removeprefix("builtin:") if text.startswith("builtin:") else Path(text)
+    directory = shipped_directory(path)
     if not directory.is_dir():
-        hint = " (train it with `diffrl run configs/pretrain_dllm.yaml`)" if text.startswith("builtin:") else ""
-        raise FileNotFoundError(f"model.path: {directory} is not a directory{hint}")
+        raise FileNotFoundError(f"model.path: {directory} is not a directory{missing_hint(path)}")
     return directory
 
 
