@@ -38,7 +38,7 @@ def test_override_parsing_keeps_original_and_types_values():
         ("learner.lr=fast", r"learner\.lr: Input should be a valid number"),
         ("learner.num_workers=3", r"learner\.num_workers=3 must divide"),
         ("learner.awm.num_timesteps=10", r"learner\.awm\.num_timesteps=10 exceeds the 9 training timesteps"),
-        ("kind=painting", r"kind: got 'painting'; allowed: \['adversarial', 'dllm_decode', 'pretrain', 'rl', 'solver_tune'\]"),
+        ("kind=painting", r"kind: got 'painting'; allowed: \['adversarial', 'dllm_decode', 'dllm_rl', 'pretrain', 'rl', 'solver_tune'\]"),
     ],
 )
 def test_bad_values_name_the_key_path(override, expected):
@@ -82,7 +82,8 @@ def test_every_shipped_job_file_validates(path, tmp_path):
         keys = [line.split(":")[0].strip() for line in str(missing.value).splitlines()[1:]]
         assert keys[0] == "model.path" and all(".kwargs." in key for key in keys[1:]), keys
     cfg = load_job(path, local=local)
-    kind = next((k for k in ("pretrain", "solver_tune", "dllm_decode", "adversarial") if path.name.startswith(k)), "rl")
+    kind = next((k for k in ("pretrain", "solver_tune", "dllm_decode", "dllm_rl", "adversarial") if path.name.startswith(k)),
+                "dllm_rl" if path.name.startswith("llada") else "rl")
     assert cfg.kind == kind
 
 

@@ -16,9 +16,7 @@ from diffrl.kinds import load_job, parse_job, run_job
 from diffrl.kinds.dllm_decode.controller import run as decode_controller
 from diffrl.kinds.dllm_decode.roles import dllm_decode_roles
 from diffrl.platform.config import ConfigError
-from diffrl.platform.runs import RunLog
-from diffrl.platform.runtime import RunContext, start_roles
-from test_fault_tolerance import kill_when_busy
+from test_fault_tolerance import run_with_a_decode_kill
 
 SHIPPED = "builtin:sorting_dllm"
 
@@ -67,20 +65,9 @@ def test_dllm_decode_end_to_end_baseline_and_fast_path(fast_run, tmp_path):
 def test_a_decode_worker_killed_mid_job_loses_and_duplicates_no_prompt(fast_run):
     _, clean, tmp_path = fast_run
     cfg = parse_job(decode_job(tmp_path, "faulty", decode=FAST))
-    roles = start_roles(cfg, dllm_decode_roles(cfg))
     run_dir = cfg.run_dir
-    run_dir.mkdir(parents=True)
-    try:
-        killed: list[int] = []
-        watcher = kill_when_busy(roles["decode"], "DecodeWorker.decode", killed)
-        log = RunLog(run_dir, cfg)
-        decode_controller(RunContext(cfg, roles, run_dir, log, None, echo=lambda _: None))
-        log.close()
-        watcher.join(timeout=5)
-        assert killed, "the kill must land while a chunk was in flight"
-        assert sum(roles["decode"].restarts) == 1
-    finally:
-        roles.shutdown()
+    _, restarts = run_with_a_decode_kill(cfg, dllm_decode_roles(cfg), decode_controller)
+    assert restarts == 1
     faulty = records(run_dir)
     assert [r["id"] for r in faulty] == list(range(32))
     assert [(r["answer"], r["nfe"]) for r in faulty] == [(r["answer"], r["nfe"]) for r in clean]

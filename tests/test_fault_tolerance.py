@@ -49,6 +49,27 @@ def kill_when_busy(group, method: str, found: list, timeout_s: float = 60.0) -> 
     return thread
 
 
+def run_with_a_decode_kill(cfg, role_specs, controller):
+    """Start the job's roles, SIGKILL a decode worker while it decodes, run the kind's controller to the end;
+    returns (the controller's summary, the decode group's restart count)."""
+    from diffrl.platform.runs import RunLog
+    from diffrl.platform.runtime import RunContext, start_roles as start_kind_roles
+
+    roles = start_kind_roles(cfg, role_specs)
+    cfg.run_dir.mkdir(parents=True)
+    try:
+        killed: list[int] = []
+        watcher = kill_when_busy(roles["decode"], "DecodeWorker.decode", killed)
+        log = RunLog(cfg.run_dir, cfg)
+        summary = controller(RunContext(cfg, roles, cfg.run_dir, log, None, echo=lambda _: None))
+        log.close()
+        watcher.join(timeout=5)
+        assert killed, "the kill must land while a decode call was in flight"
+        return summary, sum(roles["decode"].restarts)
+    finally:
+        roles.shutdown()
+
+
 def test_killed_rollout_and_reward_workers_lose_and_duplicate_nothing(ray_cluster):
     cfg = load_job(JOB, ["rollout.num_workers=2", "rollout.cpus_per_worker=1", "rollout.prompts_per_step=8",
                          "rollout.group_size=16",

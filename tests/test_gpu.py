@@ -73,3 +73,19 @@ def test_dllm_decoding_on_gpu_in_bf16_matches_the_cpu_accuracy():
         results = generate(lm, prompts, options)
         accuracy = sum(r.text == p["reference"] for r, p in zip(results, problems)) / len(problems)
         assert accuracy >= 0.85, (options, accuracy)
+
+
+@pytest.mark.gpu
+def test_dllm_rl_steps_on_gpu_in_bf16(tmp_path):
+    """The dLLM RL job with bf16 decode workers and the learner on CUDA: two steps change the weights."""
+    from diffrl.models.dllm.adapter import MaskedDiffusionLM
+
+    cfg = load_job(REPO / "configs/dllm_rl_diffu_grpo.yaml", [
+        "model.path=builtin:sorting_dllm", "model.dtype=bf16", "trainer.steps=2", "trainer.eval_every=0",
+        "trainer.checkpoint_every=0", "data.heldout=8", "rollout.prompts_per_step=2", "rollout.group_size=4",
+        "learner.micro_batch_size=4", "rollout.decode.temperature=2.0", "rollout.gpus_per_worker=0.5",
+        "learner.gpus_per_worker=0.5", f"output_dir={tmp_path}"])
+    summary = run_job(cfg, echo=lambda _: None)
+    trained = MaskedDiffusionLM.from_pretrained(summary["model"]).model.state_dict()
+    base = MaskedDiffusionLM.from_pretrained("builtin:sorting_dllm").model.state_dict()
+    assert any(not torch.equal(trained[k].cpu(), base[k]) for k in base), "training on the GPU must change the weights"

@@ -9,6 +9,8 @@ al., arXiv 2210.01936) are: each row also carries the image of a one-attribute-c
 - image -> caption: the row's image must pick its own caption among every caption and every hard-negative caption.
 
 Rows whose captions are equal are not each other's negatives (`same` masks them out of both softmaxes).
+`blank` images (empty canvases, as sampled early in training or by a collapsed policy) match no caption: they join
+every caption's image softmax as negatives, so a reward built on the model never prefers an empty image to a scene.
 """
 
 from __future__ import annotations
@@ -19,21 +21,26 @@ from torch import Tensor
 
 
 def contrastive_preference_loss(image: Tensor, text: Tensor, neg_image: Tensor, neg_text: Tensor, scale: Tensor,
-                                same: Tensor) -> tuple[Tensor, dict[str, Tensor]]:
+                                same: Tensor, blank: Tensor | None = None) -> tuple[Tensor, dict[str, Tensor]]:
     """image, text, neg_image, neg_text: unit embeddings [N, D]; scale: the logit scale; same [N, N] bool: rows i, j
-    share a caption. Returns the mean of both directions' cross-entropies and, detached, the share of rows whose
-    caption scores its image above its hard-negative image (`pair_accuracy`) and the mean caption-image cosine."""
+    share a caption; blank: unit embeddings [M, D] of images that match no caption (or None). Returns the mean of
+    both directions' cross-entropies and, detached, the share of rows whose caption scores its image above its
+    hard-negative image (`pair_accuracy`), above every blank image (`blank_accuracy`, with blanks) and the mean
+    caption-image cosine."""
     n = len(image)
     target = torch.arange(n, device=image.device)
     off_diagonal_same = same & ~torch.eye(n, dtype=torch.bool, device=image.device)
     blocked = torch.cat([off_diagonal_same, torch.zeros_like(off_diagonal_same)], dim=1)
-    to_image = scale * text @ torch.cat([image, neg_image]).T  # [N, 2N]
+    blanks = blank if blank is not None else image[:0]
+    to_image = scale * text @ torch.cat([image, neg_image, blanks]).T  # [N, 2N + M]
     to_text = scale * image @ torch.cat([text, neg_text]).T
-    to_image = to_image.masked_fill(blocked, float("-inf"))
+    to_image = to_image.masked_fill(torch.cat([blocked, blocked.new_zeros(n, len(blanks))], dim=1), float("-inf"))
     to_text = to_text.masked_fill(blocked, float("-inf"))
     loss = 0.5 * (F.cross_entropy(to_image, target) + F.cross_entropy(to_text, target))
     with torch.no_grad():
         positive = (text * image).sum(-1)
         negative = (text * neg_image).sum(-1)
         stats = {"pair_accuracy": (positive > negative).float().mean(), "cosine": positive.mean()}
+        if len(blanks):
+            stats["blank_accuracy"] = (positive > (text @ blanks.T).max(-1).values).float().mean()
     return loss, stats

@@ -78,13 +78,14 @@ def _input_paths(data: dict) -> dict[str, str]:
     return kind.config.INPUT_PATHS if kind else {}
 
 
-from diffrl.kinds import adversarial, dllm_decode, pretrain, rl, solver_tune  # noqa: E402  (the built-in kinds, one line each)
+from diffrl.kinds import adversarial, dllm_decode, dllm_rl, pretrain, rl, solver_tune  # noqa: E402  (the built-in kinds, one line each)
 
 register(rl.KIND)
 register(pretrain.KIND)
 register(solver_tune.KIND)
 register(dllm_decode.KIND)
 register(adversarial.KIND)
+register(dllm_rl.KIND)
 
 
 def run_job(cfg: JobConfig, resume: bool = False, echo=print) -> dict:

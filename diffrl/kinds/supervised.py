@@ -22,7 +22,7 @@ def train(ctx: RunContext, source, desc: str, start: int, evaluations: list[tupl
           after_eval: Callable[[list], None] | None = None) -> list[tuple[int, Any]]:
     """Steps start..trainer.steps; `evaluate(step, last)` scores the model, `announce(step, result)` is the line
     printed after it, `after_eval(evaluations)` runs after each eval (figures). Returns the eval history."""
-    cfg, roles, run_dir, log = ctx.cfg, ctx.roles, ctx.run_dir, ctx.log
+    cfg, roles, log = ctx.cfg, ctx.roles, ctx.log
     learner = roles["learner"]
     bar = tqdm(range(start, cfg.trainer.steps), desc=desc, unit="step", dynamic_ncols=True, initial=start,
                total=cfg.trainer.steps)
@@ -42,15 +42,22 @@ def train(ctx: RunContext, source, desc: str, start: int, evaluations: list[tupl
             bar.write(announce(done, evaluations[-1][1]))
             if after_eval is not None:
                 after_eval(evaluations)
-        if cfg.trainer.checkpoint_every and done % cfg.trainer.checkpoint_every == 0:
-            state = {"evaluations": evaluations, "sampler": {"kind": "seeded_per_step", "seed": cfg.seed,
-                                                             "next_step": done}}
-            path = save_checkpoint(roles, run_dir, done, state, cfg.trainer.keep_checkpoints)
-            bar.write(f"step {done}: checkpoint {path}")
-        if evaluated or (cfg.trainer.report_every and done % cfg.trainer.report_every == 0):
-            refresh_report(run_dir)
+        checkpoint_and_report(ctx, bar, done, evaluated, evaluations)
     bar.close()
     return evaluations
+
+
+def checkpoint_and_report(ctx: RunContext, bar, done: int, evaluated: bool, evaluations: list) -> None:
+    """After step `done`: a checkpoint every trainer.checkpoint_every steps (the eval history and the per-step
+    sampler ride in it) and the report after an eval or every trainer.report_every steps."""
+    cfg = ctx.cfg
+    if cfg.trainer.checkpoint_every and done % cfg.trainer.checkpoint_every == 0:
+        state = {"evaluations": evaluations, "sampler": {"kind": "seeded_per_step", "seed": cfg.seed,
+                                                         "next_step": done}}
+        path = save_checkpoint(ctx.roles, ctx.run_dir, done, state, cfg.trainer.keep_checkpoints)
+        bar.write(f"step {done}: checkpoint {path}")
+    if evaluated or (cfg.trainer.report_every and done % cfg.trainer.report_every == 0):
+        refresh_report(ctx.run_dir)
 
 
 def restore_eval_worker(group: WorkerGroup, rank: int, learner: WorkerGroup) -> None:

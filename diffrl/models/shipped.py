@@ -13,6 +13,7 @@ RECIPES = {
     "scenes_pref": "diffrl run configs/pretrain_scenes_pref.yaml",
     "sorting_dllm": "diffrl run configs/pretrain_dllm.yaml",
     "sorting_dllm_v2": "diffrl run configs/pretrain_dllm_v2.yaml",
+    "sorting_dllm_rl_base": "diffrl run configs/pretrain_dllm_rl_base.yaml",
 }
 
 

@@ -102,3 +102,19 @@ def vlm_judge(path: str, backend: str = "auto", question: str | None = None):
     from diffrl.rewards.vlm_judge import vlm_judge as build
 
     return build(path, backend, question or QUESTION)
+
+
+@register_reward("exact_match")
+def exact_match():
+    """Text completions: 1 when equal to the metadata's reference (stripped), else 0."""
+    from diffrl.rewards.text import ExactMatch
+
+    return ExactMatch()
+
+
+@register_reward("char_accuracy")
+def char_accuracy():
+    """Text completions: the share of the reference's characters matched position by position (partial credit)."""
+    from diffrl.rewards.text import CharAccuracy
+
+    return CharAccuracy()

@@ -25,6 +25,8 @@ class Stream(enum.IntEnum):
     TRAINED_STEPS = 4  # Flow-GRPO's subset of stored steps: (seed, RL step)
     SOL_SELECTION = 5  # Sol-RL's random selection rule: (job seed, RL step)
     TUNING_SEEDS = 6  # solver_tune's data-driven grid search samples: (job seed, j)
+    DLLM_MASKS = 7  # dllm_rl's masks of inner update j: (completion seed, RL step, j)
+    DLLM_ROLLOUT = 8  # dllm_rl's completion seeds: (job seed, RL step, prompt, j)
 
 
 def stream_seed(stream: Stream, *keys: int) -> int:

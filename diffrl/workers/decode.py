@@ -32,7 +32,8 @@ class DecodeWorker(WorkerBase):
 
     def decode(self, requests: list[dict[str, Any]], options: dict[str, Any] | None = None) -> list[dict[str, Any]]:
         """requests: {"id", "prompt", optional "reference", optional "seed"}; returns per prompt: id, prompt,
-        answer, reference, correct (None without a reference), nfe, tokens, seconds."""
+        answer, reference, correct (None without a reference), nfe, tokens, seconds, and the token ids (prompt_ids,
+        answer_ids, with the tokenizer's pad_id and eos_id) that RL trains on."""
         self.require_ready()
         opts = DecodeOptions(**{**self.options.__dict__, **(options or {})})
         records = []
@@ -42,13 +43,16 @@ class DecodeWorker(WorkerBase):
             tick = time.perf_counter()
             results = generate(self.lm, prompts, opts, seeds=[r.get("seed", r["id"]) for r in chunk])
             elapsed = time.perf_counter() - tick
-            for request, result in zip(chunk, results):
+            tok = self.lm.tokenizer
+            for request, ids, result in zip(chunk, prompts, results):
                 reference = request.get("reference")
                 records.append({"id": request["id"], "prompt": request["prompt"], "answer": result.text,
                                 "reference": reference,
                                 "correct": None if reference is None else result.text.strip() == reference.strip(),
                                 "nfe": result.nfe, "tokens": opts.gen_length, "seconds": result.seconds,
-                                "batch_seconds": elapsed / len(chunk)})
+                                "batch_seconds": elapsed / len(chunk), "prompt_ids": list(ids),
+                                "answer_ids": list(result.answer), "pad_id": tok.pad_token_id,
+                                "eos_id": tok.eos_token_id})
         return records
 
     def load_weights(self, payload: WeightPayload) -> int:

@@ -167,6 +167,10 @@ class LearnerWorker(WorkerBase):
     def shadow(self, name: str, x: torch.Tensor, t: torch.Tensor, cond: Conditioning) -> torch.Tensor:
         return self.shadows[name][0](x, t, cond)
 
+    def shadow_module(self, name: str) -> nn.Module:
+        """Shadow copy `name` itself (language models call it with their own signature)."""
+        return self.shadows[name][0]
+
     def trained(self) -> nn.Module:
         """The module the engine trains (the denoiser, or the whole adapter)."""
         return self.engine.module
@@ -204,6 +208,8 @@ class LearnerWorker(WorkerBase):
         # step and one EMA update, and after each backward the objective updates its per-row state (`ascend`).
         passes = getattr(self.objective, "passes", 1)
         for done in range(passes):
+            if hasattr(self.objective, "start_pass"):  # objectives whose loss depends on the pass (dLLM RL's mu)
+                self.objective.start_pass(done)
             for start in range(0, count, self.micro_batch):
                 sl = slice(start, start + self.micro_batch)
                 part = {key: value[sl] for key, value in rows.items()}

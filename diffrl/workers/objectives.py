@@ -13,6 +13,8 @@ shared noise) and the RL step, so rows never depend on how the controller split 
 - Pretraining (`flow_matching_x0`): rows are (image, caption) pairs with a per-row timestep and noise; the denoiser
   and the text encoder train together (the built-in model's recipe).
 - dLLM pretraining (`masked_diffusion`, `block_diffusion`): token rows, in `diffrl.workers.dllm_objectives`.
+- dLLM RL (`diffu_grpo`, with coupled masks as an option, and `wd1`): completion rows, in
+  `diffrl.workers.dllm_rl_objectives`.
 - Adversarial fine-tuning (`adversarial`, free AT on the denoiser's input): in `diffrl.workers.adversarial_objectives`.
 """
 
@@ -33,6 +35,7 @@ from diffrl.utils.rng import Stream, stream_generator
 from diffrl.workers.batch import RolloutBatch
 from diffrl.workers.adversarial_objectives import AdversarialConsistencyObjective, AdversarialObjective
 from diffrl.workers.dllm_objectives import BlockDiffusionObjective, MaskedDiffusionObjective
+from diffrl.workers.dllm_rl_objectives import DiffuGRPOObjective, WD1Objective
 from diffrl.workers.objective_base import Models, Objective
 from diffrl.workers.preference_objective import PreferenceContrastiveObjective
 
@@ -207,7 +210,8 @@ OBJECTIVES: dict[str, type[Objective]] = {"awm": AWMObjective, "nft": NFTObjecti
 
 OBJECTIVES.update(masked_diffusion=MaskedDiffusionObjective, block_diffusion=BlockDiffusionObjective,
                   adversarial=AdversarialObjective, adversarial_consistency=AdversarialConsistencyObjective,
-                  preference_contrastive=PreferenceContrastiveObjective)
+                  preference_contrastive=PreferenceContrastiveObjective, diffu_grpo=DiffuGRPOObjective,
+                  wd1=WD1Objective)
 
 
 def objective_class(name: str) -> type[Objective]:

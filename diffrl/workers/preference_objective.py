@@ -23,7 +23,7 @@ class PreferenceContrastiveObjective(Objective):
 
     def rows(self, batch, step: int) -> dict[str, Tensor]:
         return {"index": torch.arange(len(batch)), "image": batch.image, "ids": batch.ids,
-                "neg_image": batch.neg_image, "neg_ids": batch.neg_ids}
+                "neg_image": batch.neg_image, "neg_ids": batch.neg_ids, "blank": batch.blank}
 
     def loss(self, models: Models, rows: dict[str, Tensor], cond=None) -> tuple[Tensor, dict[str, Tensor]]:
         model = models.trained()
@@ -35,4 +35,4 @@ class PreferenceContrastiveObjective(Objective):
         same = (ids[:, None, :] == ids[None, :, :]).all(-1)
         return contrastive_preference_loss(model.embed_images(rows["image"]), model.embed_texts(ids),
                                            model.embed_images(rows["neg_image"]), model.embed_texts(neg_ids),
-                                           model.scale(), same)
+                                           model.scale(), same, model.embed_images(rows["blank"]))

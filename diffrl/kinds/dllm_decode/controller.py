@@ -33,7 +33,8 @@ def run(ctx: RunContext) -> dict[str, Any]:
         bar.update(len(shard))
     bar.close()
     wall = time.perf_counter() - tick
-    ordered = [records[r["id"]] for r in requests]
+    ids = ("prompt_ids", "answer_ids", "pad_id", "eos_id")  # what RL trains on; not part of the generations file
+    ordered = [{k: v for k, v in records[r["id"]].items() if k not in ids} for r in requests]
     atomic_write_text(run_dir / "generations.jsonl", "".join(json.dumps(r) + "\n" for r in ordered))
     metrics = summarize(ordered, wall)
     log.write({"step": 0, **metrics})

@@ -4,7 +4,8 @@ Row i of step s: a training prompt of the scenes world (tags drawn uniformly), o
 change of the prompt (`diffrl.envs.scenes_pairs`) and a render of the changed prompt that GenEval's strict rules
 reject for the original prompt (a changed relation can still hold by chance on a diagonal; such draws are redrawn).
 Renders are then degraded as a sampler's are (a random Gaussian blur and pixel noise), so the reward reads model
-samples and not only clean renders. Everything is a function of (seed, step, row): a resumed run continues the
+samples and not only clean renders. Each row also carries a blank canvas, degraded the same way: a negative of every
+caption (an empty image must never outscore a scene, or the reward is hacked by drawing nothing). Everything is a function of (seed, step, row): a resumed run continues the
 exact stream and N ranks see the rows one rank would.
 
 The held-out pairs: for each held-out prompt, `pairs_per_prompt` (true render, changed render) pairs, one per
@@ -29,13 +30,14 @@ from diffrl.platform.worker import split_evenly
 
 @dataclass
 class PairBatch:
-    """Rows: true image, its caption's ids, the changed prompt's image and ids (images float [N, 3, H, W] in
-    [-1, 1], ids long [N, 1 + max_words])."""
+    """Rows: true image, its caption's ids, the changed prompt's image and ids, a degraded blank canvas (images
+    float [N, 3, H, W] in [-1, 1], ids long [N, 1 + max_words])."""
 
     image: torch.Tensor
     ids: torch.Tensor
     neg_image: torch.Tensor
     neg_ids: torch.Tensor
+    blank: torch.Tensor
     prompts: list[str]
     kinds: list[str]
 
@@ -45,7 +47,7 @@ class PairBatch:
     def select(self, rows: list[int]) -> PairBatch:
         index = torch.as_tensor(rows, dtype=torch.long)
         return replace(self, image=self.image[index], ids=self.ids[index], neg_image=self.neg_image[index],
-                       neg_ids=self.neg_ids[index], prompts=[self.prompts[i] for i in rows],
+                       neg_ids=self.neg_ids[index], blank=self.blank[index], prompts=[self.prompts[i] for i in rows],
                        kinds=[self.kinds[i] for i in rows])
 
     def split(self, num_shards: int) -> list[PairBatch]:
@@ -129,6 +131,7 @@ class ScenesPairs:
                          ids=token_ids(captions, self.table, limit),
                          neg_image=degrade(np.stack([q[2] for q in pairs]), rng, *self.augment),
                          neg_ids=token_ids([q[1]["prompt"] for q in pairs], self.table, limit),
+                         blank=degrade(np.zeros_like(pairs[0][0])[None].repeat(size, 0), rng, *self.augment),
                          prompts=captions, kinds=[q[3] for q in pairs])
 
 

@@ -2,7 +2,7 @@
 the learner's EMA weights into a local copy of the dual encoder and ranks the verified held-out pairs (true render
 above one-attribute-changed render, for the true prompt; GenEval's strict rules give them 1 and 0). The headline is
 the share ranked as the rules rank them, on clean renders; `degraded` is the same pairs blurred (sigma 0.8) and
-noised as samples are. Per-kind accuracies and the score margin are logged; the last eval writes them to
+noised as samples are; `blank` is the share of pairs whose true render scores above an empty canvas. Per-kind accuracies and the score margin are logged; the last eval writes them to
 pair_accuracy.json."""
 
 from __future__ import annotations
@@ -27,12 +27,15 @@ def degraded_pairs(pairs: list[dict]) -> list[dict]:
 
 
 def pair_metrics(model: PreferenceModel, pairs: list[dict]) -> dict[str, float]:
-    """Ranking accuracy (overall and per kind) and the mean score margin of the true over the changed render."""
+    """Ranking accuracy (overall and per kind), the mean score margin of the true over the changed render and the
+    share of true renders scored above an empty (black) canvas."""
     captions = [p["entry"]["prompt"] for p in pairs]
     pos, neg = np.stack([p["pos"] for p in pairs]), np.stack([p["neg"] for p in pairs])
-    margin = model.score(pos, captions) - model.score(neg, captions)
+    true = model.score(pos, captions)
+    margin = true - model.score(neg, captions)
     kinds = np.array([p["kind"] for p in pairs])
-    out = {"accuracy": float(np.mean(margin > 0)), "margin": float(np.mean(margin))}
+    out = {"accuracy": float(np.mean(margin > 0)), "margin": float(np.mean(margin)),
+           "blank": float(np.mean(true > model.score(np.zeros_like(pos), captions)))}
     out.update({f"accuracy/{kind}": float(np.mean(margin[kinds == kind] > 0)) for kind in sorted(set(kinds))})
     return out
 
