@@ -9,7 +9,7 @@ export HF_HUB_OFFLINE := 1
 export WANDB_MODE ?= offline
 export RAY_USAGE_STATS_ENABLED := 0
 
-.PHONY: demo test test-all bench env clean
+.PHONY: demo test test-all bench gpu-check env clean
 
 $(STAMP): pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -40,6 +40,11 @@ test-all: $(STAMP) /usr/bin/chromium
 
 bench: $(STAMP)
 	$(PY) benchmarks/overhead.py
+
+# Every GPU path in one command (benchmarks/gpu_check.py): GPU-marked tests plus a short benchmark, one summary in
+# benchmarks/results/gpu_check/; a dry run without CUDA.
+gpu-check: $(STAMP)
+	$(PY) benchmarks/gpu_check.py
 
 clean:
 	rm -rf $(VENV) runs build *.egg-info

@@ -1,7 +1,9 @@
-"""Flow-GRPO vs AWM vs DiffusionNFT on the shapes world: held-out reward against rollout NFEs and wall time.
+"""Flow-GRPO vs AWM vs DiffusionNFT vs the peers' objectives (GRPO-Guard, MixGRPO and MixGRPO-Flash, DGPO,
+Diffusion-DPO, Flow-GRPO's no-CFG CPS recipe) on the shapes world: held-out reward against rollout NFEs and wall time.
 
-Every method runs its job file (configs/shapes_{flow_grpo,awm,nft}.yaml) with the same prompts, seeds, reward, model,
-step count and eval schedule. Rollout NFEs = samples x sampler steps (no CFG in these jobs); eval NFEs are not
+Every method runs its job file (configs/shapes_<method>.yaml) with the same prompts, seeds, reward, model,
+step count and eval schedule. Rollout NFEs = samples x model calls per sample (the sampler steps; MixGRPO-Flash's
+compressed tail makes fewer; no CFG in these jobs); eval NFEs are not
 counted. Wall time is the sum of the RL step times (eval excluded). Writes the table into docs/benchmarks.md (section
 "Method comparison") and the plot to docs/compare_methods.png.
 
@@ -32,13 +34,29 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 from docs_table import replace_section  # noqa: E402
 from saved_runs import saved_or_run  # noqa: E402
 
+from diffrl.algorithms.mixgrpo import compressed_tail, window_start  # noqa: E402
 from diffrl.kinds import load_job  # noqa: E402
 from diffrl.kinds import run_job  # noqa: E402
 from diffrl.platform.reporting import MetricsLog  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
 RESULTS = REPO / "benchmarks/results/compare_methods"
-METHODS = {"flow_grpo": "Flow-GRPO", "awm": "AWM", "nft": "DiffusionNFT"}
+METHODS = {"flow_grpo": "Flow-GRPO", "awm": "AWM", "nft": "DiffusionNFT", "grpo_guard": "GRPO-Guard",
+           "mixgrpo": "MixGRPO", "mixgrpo_flash": "MixGRPO-Flash", "dgpo": "DGPO", "diffusion_dpo": "Diffusion-DPO",
+           "flow_grpo_cps": "Flow-GRPO, no CFG + CPS window"}
+
+
+def rollout_nfe(cfg, step: int) -> int:
+    """Model calls per rollout sample at RL step `step` (0-based): the sampler steps, or for MixGRPO-Flash the steps
+    up to the window's end plus the DPM-Solver++ tail's."""
+    steps, compress = cfg.rollout.num_steps, cfg.rollout.window_tail_compress
+    if compress is None:
+        return steps
+    section = cfg.learner.mixgrpo
+    start = window_start(step, section.shift_every, section.stride, steps - 1 - cfg.rollout.sde_window,
+                         section.roll_back)
+    end = start + cfg.rollout.sde_window
+    return end + len(compressed_tail(end, steps, compress)) - 1
 
 
 def run_method(method: str, seed: int, args: argparse.Namespace, out: Path, steps: int, every: int) -> dict:
@@ -48,13 +66,14 @@ def run_method(method: str, seed: int, args: argparse.Namespace, out: Path, step
     ])
     summary = run_job(cfg)
     records = MetricsLog(Path(summary["run_dir"]) / "metrics.jsonl").read()
-    per_step_nfe = cfg.rollout.prompts_per_step * cfg.rollout.group_size * cfg.rollout.num_steps
-    wall, walls = 0.0, {0: 0.0}
+    samples = cfg.rollout.prompts_per_step * cfg.rollout.group_size
+    wall, walls, nfe, nfes = 0.0, {0: 0.0}, 0, {0: 0}
     for r in records:
         if "time/step" in r:
             wall += r["time/step"]
-            walls[r["step"]] = wall
-    curve = [(r["step"], r["step"] * per_step_nfe, walls[r["step"]], r["eval/headline"])
+            nfe += samples * r.get("rollout/nfe", rollout_nfe(cfg, r["step"] - 1))  # logged since issue 30
+            walls[r["step"]], nfes[r["step"]] = wall, nfe
+    curve = [(r["step"], nfes[r["step"]], walls[r["step"]], r["eval/headline"])
              for r in records if "eval/headline" in r]
     return {"method": method, "seed": seed, "curve": curve, "step_time": wall / max(steps, 1),
             "settings": [steps, every, args.eval_seeds], "cpu": cpu_model()}
@@ -89,6 +108,9 @@ def runs(methods: list[str], args: argparse.Namespace) -> dict[str, list[dict]]:
     out: dict[str, list[dict]] = {}
     for method in methods:
         for seed in args.seeds:
+            if args.saved_only and not (RESULTS / f"{method}_seed{seed}.json").is_file():
+                print(f"-- {METHODS[method]}, seed {seed}: no saved run, left out (--saved-only)", flush=True)
+                continue
             result = cached(method, seed, args, args.steps, args.eval_every)
             if method == "awm" and args.early_steps:
                 early = cached(method, seed, args, args.early_steps, args.early_every, "_early")
@@ -165,6 +187,8 @@ def main() -> None:
     parser.add_argument("--fresh", action="store_true", help="rerun saved (method, seed) results")
     parser.add_argument("--early-steps", type=int, default=0, help="a short AWM run with denser evals (0: none)")
     parser.add_argument("--early-every", type=int, default=10, help="its eval interval")
+    parser.add_argument("--saved-only", action="store_true", help="table and plot from the saved runs only; "
+                        "(method, seed) pairs without one are left out (the table shows each method's seeds)")
     args = parser.parse_args()
     methods = args.methods.split(",")
     unknown = sorted(set(methods) - set(METHODS))
@@ -178,13 +202,14 @@ def main() -> None:
     for method, seeds in results.items():
         curve = mean_curve(seeds)
         finals = " / ".join(f"{r['curve'][-1][3]:.3f}" for r in seeds)
-        per_step = curve[1][1] // curve[1][0] if len(curve) > 1 else 0
+        per_step = round(curve[-1][1] / curve[-1][0]) if len(curve) > 1 else 0  # mean (MixGRPO-Flash's varies)
         rows.append(f"| {METHODS[method]} | {curve[0][3]:.3f} | {curve[-1][3]:.3f} | {finals} | "
                     f"{max(p[3] for p in curve):.3f} | {per_step} | {np.mean([r['step_time'] for r in seeds]):.2f} |")
     lines = [
         f"Shapes world, {args.steps} RL steps per method (8 prompts x 8 samples, 10 sampler steps), held-out eval "
         f"every {args.eval_every} steps with {args.eval_seeds} seeds per prompt (the same for every run), training "
-        f"seeds {', '.join(map(str, args.seeds))}, on {os.cpu_count()} CPU cores.",
+        f"seeds {', '.join(map(str, args.seeds))} (each method's in its per-seed column), on {os.cpu_count()} CPU "
+        "cores.",
         "", *rows, "", "![held-out reward vs rollout NFEs and wall time](compare_methods.png)", "",
     ]
     if args.early_steps and "awm" in results:

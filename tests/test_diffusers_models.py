@@ -25,9 +25,11 @@ def job(family: str, path: Path, out: Path, algorithm: str, sampler: str, lora: 
         "model": {"name": family, "path": str(path), "resolution": 32, "max_sequence_length": 16,
                   "lora": {"enabled": lora, "rank": 4, "alpha": 8}},
         "rollout": {"prompts_per_step": 2, "group_size": 2, "num_steps": 4, "sampler": sampler, "batch_size": 4,
-                    "guidance_scale": 2.0 if algorithm == "flow_grpo" else 1.0},
+                    "guidance_scale": 2.0 if algorithm in ("flow_grpo", "grpo_guard") else 1.0,
+                    "sde_window": 1 if algorithm == "mixgrpo" else 0,
+                    "window_tail_compress": 0.5 if algorithm == "mixgrpo" else None},  # MixGRPO-Flash
         "learner": {"algorithm": algorithm, "lr": 1e-3, "micro_batch_size": 4, "awm": {"num_timesteps": 2},
-                    "nft": {"num_timesteps": 2}},
+                    "nft": {"num_timesteps": 2}, "dgpo": {"num_timesteps": 1}, "diffusion_dpo": {"num_timesteps": 1}},
         "reward": {"rewards": [{"name": "jpeg_compressibility"}]},
         "trainer": {"steps": 1, "eval_seeds_per_prompt": 1, "eval_metric": "jpeg_compressibility/kb",
                     "eval_label": "JPEG kB", "sample_grid_prompts": 2},
@@ -38,6 +40,11 @@ def job(family: str, path: Path, out: Path, algorithm: str, sampler: str, lora: 
     ("sd3", "flow_grpo", "sde", True),
     ("flux", "awm", "ode", True),
     ("sana", "nft", "sa_solver", False),  # SA-Solver rollouts on a diffusers model
+    # the peer objectives (issue 30), one pipeline each
+    ("sd3", "grpo_guard", "cps", False),
+    ("flux", "mixgrpo", "sde", True),  # with MixGRPO-Flash's tail
+    ("sana", "dgpo", "ode", False),
+    ("sd3", "diffusion_dpo", "ode", True),
 ])
 def test_tiny_pipeline_runs_an_rl_step(pipelines, tmp_path, family, algorithm, sampler, lora):
     cfg = parse_job(job(family, pipelines[family], tmp_path, algorithm, sampler, lora))
@@ -46,8 +53,13 @@ def test_tiny_pipeline_runs_an_rl_step(pipelines, tmp_path, family, algorithm, s
     step = next(r for r in records if "train/loss" in r)
     assert all(torch.isfinite(torch.tensor(v)) for k, v in step.items() if k.startswith("train/"))
     assert step["train/grad_norm"] > 0 and step["weight_version"] == 1
-    if algorithm == "flow_grpo":
+    # model calls per sample: the 4 steps, or for MixGRPO-Flash the window (step 0) and one DPM-Solver++ step for
+    # the 3 after it (int(3 * 0.5) = 1)
+    assert step["rollout/nfe"] == (2 if algorithm == "mixgrpo" else 4)
+    if algorithm in ("flow_grpo", "mixgrpo"):
         assert step["train/ratio_mean"] == 1.0  # on-policy, with CFG in both rollout and learner
+    if algorithm == "grpo_guard":  # the rebuilt rollout means equal the learner's, to float rounding
+        assert step["train/ratio_mean"] == pytest.approx(1.0, abs=1e-5)
     weights = Path(summary["weights"])
     assert weights.is_file()
     from safetensors.torch import load_file

@@ -25,7 +25,7 @@ def test_the_method_comparison_has_a_measured_row_for_every_objective():
     finally:
         sys.path.remove(str(REPO / "benchmarks"))
     algorithms = typing.get_args(LearnerConfig.model_fields["algorithm"].annotation)
-    assert set(algorithms) == set(METHODS) and len(algorithms) >= 3
+    assert set(algorithms) <= set(METHODS) and len(algorithms) >= 3  # METHODS adds recipes (MixGRPO-Flash, ...)
     rows = {line.split("|")[1].strip(): line for line in section("Method comparison").splitlines()
             if line.startswith("| ") and not line.startswith("| method") and not line.startswith("| ---")}
     for algorithm in algorithms:

@@ -14,13 +14,14 @@ from diffrl.platform.worker import split_evenly
 class SampleRequest:
     """One sample to generate: its prompt (with GenEval-style metadata), its group (one per prompt), its seed, and
     optionally the sampler's time grid (sigmas from 1 to 0; None: the rollout worker's even grid of
-    rollout.num_steps)."""
+    rollout.num_steps) and MixGRPO's window start."""
 
     prompt: str
     metadata: dict
     group_id: int
     seed: int
     grid: tuple[float, ...] | None = None
+    window_start: int | None = None  # MixGRPO: the first SDE step of this RL step's window (None: the sampler's)
 
 
 @dataclass
@@ -43,6 +44,7 @@ class RolloutBatch:
     next_latents: torch.Tensor | None = None  # [N, K, C, H, W]
     log_probs: torch.Tensor | None = None  # [N, K], the rollout policy's log-probs ("old" log-probs)
     step_index: torch.Tensor | None = None  # [N, K] long, sampler step of each stored transition
+    nfe: torch.Tensor | None = None  # long [N]: model calls that made each sample (a guided call counts once)
 
     def __len__(self) -> int:
         return len(self.prompts)

@@ -124,7 +124,7 @@ class LearnerWorker(WorkerBase):
             tracked = [named[n] for n, p in trained.named_parameters() if p.requires_grad]
             self.shadows[name] = (module, tracked, schedule)
 
-        rows = self.samples_per_rank * self.objective.rows_per_sample
+        rows = self.objective.rows_for(self.samples_per_rank, self.cfg["algorithm"])
         micro = largest_divisor_at_most(rows, self.cfg["micro_batch_size"])
         ds_config = engine_config(micro, rows // micro, self.world_size, self.cfg["grad_clip"], self.cfg["zero_stage"])
         optimizer = torch.optim.AdamW(

@@ -32,7 +32,7 @@ class Models(Protocol):
 class Objective:
     """Base. What an objective declares, so the learner builds only what it uses:
 
-    - `rows_per_sample`: fixes the DeepSpeed batch sizes;
+    - `rows_per_sample`: fixes the DeepSpeed batch sizes (`rows_for`);
     - `shadows`: the EMA copies the learner keeps, name -> decay(step) ("eval" is the one evaluated and saved);
     - `needs_reference`: a frozen copy of the base denoiser (or, under LoRA, the adapters disabled) for KL terms;
     - `guided`: the loss recomputes the rollout's classifier-free-guided velocity;
@@ -59,6 +59,15 @@ class Objective:
     conditioning: ClassVar[bool] = True
     passes: int = 1
     section: ClassVar[str | None] = None  # the learner config section it reads (None: its registry name)
+
+    def rows_for(self, samples: int, name: str) -> int:
+        """Training rows of `samples` samples; rows_per_sample may be fractional (pair objectives: Diffusion-DPO's
+        timesteps / group_size), and must then make whole rows."""
+        rows = samples * self.rows_per_sample
+        if rows != int(rows) or rows < 1:
+            raise ValueError(f"learner.algorithm={name}: {samples} samples per rank make {rows} rows; each rank "
+                             "must hold whole groups")
+        return int(rows)
 
     def rows(self, batch: RolloutBatch, step: int) -> dict[str, Tensor]:
         raise NotImplementedError

@@ -10,6 +10,8 @@ shared noise) and the RL step, so rows never depend on how the controller split 
 - Flow-GRPO (`flow_grpo`): rows are (sample, stored stochastic step) pairs from the rollout trajectory, ordered
   step-major, so that a micro-batch of one step over a rollout chunk's samples recomputes the rollout's forward
   exactly (the on-policy importance ratio is then exactly 1).
+- Peer objectives, in `diffrl.workers.policy_objectives` with Flow-GRPO: GRPO-Guard (`grpo_guard`), MixGRPO's
+  sliding window (`mixgrpo`), DGPO (`dgpo`) and online Diffusion-DPO (`diffusion_dpo`).
 - Pretraining (`flow_matching_x0`): rows are (image, caption) pairs with a per-row timestep and noise; the denoiser
   and the text encoder train together (the built-in model's recipe).
 - dLLM pretraining (`masked_diffusion`, `block_diffusion`): token rows, in `diffrl.workers.dllm_objectives`.
@@ -20,45 +22,23 @@ shared noise) and the RL step, so rows never depend on how the controller split 
 
 from __future__ import annotations
 
-import zlib
 from typing import Callable
 
 import torch
 from torch import Tensor
 
 from diffrl.algorithms.awm import awm_log_prob, awm_loss, ema_decay, velocity_kl
-from diffrl.algorithms.flow_grpo import flow_grpo_kl, flow_grpo_loss
-from diffrl.algorithms.flow_matching import cps_step, sde_step, seeded_interpolation, stratified_timesteps
+from diffrl.algorithms.flow_matching import seeded_interpolation
 from diffrl.algorithms.nft import nft_loss
 from diffrl.models.adapter import Conditioning
-from diffrl.utils.rng import Stream, stream_generator
 from diffrl.workers.batch import RolloutBatch
 from diffrl.workers.adversarial_objectives import AdversarialConsistencyObjective, AdversarialObjective
 from diffrl.workers.dllm_objectives import BlockDiffusionObjective, MaskedDiffusionObjective
 from diffrl.workers.dllm_rl_objectives import DiffuGRPOObjective, WD1Objective
 from diffrl.workers.objective_base import Models, Objective
+from diffrl.workers.policy_objectives import (DGPOObjective, DiffusionDPOObjective, FlowGRPOObjective,
+                                              GRPOGuardObjective, MixGRPOObjective, matching_rows)
 from diffrl.workers.preference_objective import PreferenceContrastiveObjective
-
-def _matching_rows(
-    batch: RolloutBatch, step: int, num_timesteps: int, shared_noise: bool, fraction: float = 0.9
-) -> dict[str, Tensor]:
-    """(sample, timestep) rows for AWM and DiffusionNFT: stratified grid timesteps and fresh noise per row."""
-    ts, eps = [], []
-    for seed, prompt in zip(batch.seeds.tolist(), batch.prompts):
-        # Shared noise gives every sample of a prompt's group the same timesteps and noise (common random
-        # numbers), so regions the samples share get nearly cancelling gradients instead of independent noise.
-        key = zlib.crc32(prompt.encode()) if shared_noise else seed
-        gen = stream_generator(Stream.TRAINING_ROWS, key, step)
-        ts.append(stratified_timesteps(batch.grid, num_timesteps, gen, fraction=fraction))
-        eps.append(torch.randn((num_timesteps, *batch.samples.shape[1:]), generator=gen))
-    t = torch.stack(ts).float().reshape(-1)
-    index = torch.arange(len(batch)).repeat_interleave(num_timesteps)
-    x0 = batch.samples[index]
-    noise = torch.cat(eps)
-    t_b = t.view(-1, 1, 1, 1)
-    return {"index": index, "t": t, "x0": x0, "eps": noise, "x_t": (1 - t_b) * x0 + t_b * noise,
-            "advantages": batch.advantages.float()[index]}
-
 
 class AWMObjective(Objective):
     """Advantage Weighted Matching (arXiv 2509.25050): see `diffrl.algorithms.awm`."""
@@ -69,7 +49,7 @@ class AWMObjective(Objective):
         self.shadows = {"ema": _warmup_decay(cfg["ema_rate"], cfg["ema_max_decay"])} if cfg["ema_beta"] > 0 else {}
 
     def rows(self, batch: RolloutBatch, step: int) -> dict[str, Tensor]:
-        return _matching_rows(batch, step, self.cfg["num_timesteps"], self.cfg["shared_noise"],
+        return matching_rows(batch, step, self.cfg["num_timesteps"], self.cfg["shared_noise"],
                               self.cfg["timestep_fraction"])
 
     def loss(self, models: Models, rows: dict[str, Tensor], cond: Conditioning) -> tuple[Tensor, dict[str, Tensor]]:
@@ -101,7 +81,7 @@ class NFTObjective(Objective):
         self.shadows = {"old": _warmup_decay(cfg["old_decay_rate"], cfg["old_max_decay"])}
 
     def rows(self, batch: RolloutBatch, step: int) -> dict[str, Tensor]:
-        return _matching_rows(batch, step, self.cfg["num_timesteps"], False, self.cfg["timestep_fraction"])
+        return matching_rows(batch, step, self.cfg["num_timesteps"], False, self.cfg["timestep_fraction"])
 
     def loss(self, models: Models, rows: dict[str, Tensor], cond: Conditioning) -> tuple[Tensor, dict[str, Tensor]]:
         x_t, t = rows["x_t"], rows["t"]
@@ -111,69 +91,6 @@ class NFTObjective(Objective):
             v_ref = models.reference(x_t, t, cond)
         return nft_loss(v, v_old, v_ref, x_t, rows["x0"], t, rows["advantages"], beta=self.cfg["beta"],
                         adv_clip=self.cfg["adv_clip"], kl_weight=self.cfg["kl_weight"])
-
-
-def stored_steps(rollout_cfg: dict) -> int:
-    """How many stochastic steps a Flow-GRPO rollout stores per sample."""
-    return rollout_cfg["sde_window"] or rollout_cfg["num_steps"] - 1
-
-
-class FlowGRPOObjective(Objective):
-    """Flow-GRPO (arXiv 2505.05470): clipped-ratio policy loss on the stored SDE/CPS steps plus beta * KL of the
-    step means to the reference model's (see `diffrl.algorithms.flow_grpo`)."""
-
-    guided = True
-    trajectories = True
-
-    def __init__(self, cfg: dict, rollout_cfg: dict) -> None:
-        self.cfg, self.rollout_cfg = cfg, rollout_cfg
-        self.stored = stored_steps(rollout_cfg)
-        self.rows_per_sample = max(1, int(self.stored * cfg["timestep_fraction"]))
-        self.step_fn = sde_step if rollout_cfg["sampler"] == "sde" else cps_step
-
-    def rows(self, batch: RolloutBatch, step: int) -> dict[str, Tensor]:
-        if batch.latents is None or batch.latents.shape[1] != self.stored:
-            found = None if batch.latents is None else batch.latents.shape[1]
-            raise ValueError(f"flow_grpo needs {self.stored} stored steps per sample from the rollout, got {found}")
-        n, trained = len(batch), self.rows_per_sample
-        if trained == self.stored:
-            slots = torch.arange(trained).expand(n, trained)
-        else:  # timestep_fraction < 1: a per-sample random subset of the stored steps, in step order
-            slots = torch.stack([
-                torch.randperm(self.stored, generator=stream_generator(Stream.TRAINED_STEPS, seed, step))[:trained].sort()[0]
-                for seed in batch.seeds.tolist()
-            ])
-        sample_index = torch.arange(n).expand(trained, n).T  # [n, trained]
-        # Step-major order: all samples' first trained step, then the second, ...
-        index, slot = sample_index.T.reshape(-1), slots.T.reshape(-1)
-        step_index = batch.step_index[index, slot]
-        return {
-            "index": index,
-            "x": batch.latents[index, slot],
-            "x_next": batch.next_latents[index, slot],
-            "old_log_prob": batch.log_probs[index, slot],
-            "sigma": batch.grid[step_index],
-            "sigma_next": batch.grid[step_index + 1],
-            "advantages": batch.advantages.float()[index],
-        }
-
-    def loss(self, models: Models, rows: dict[str, Tensor], cond: Conditioning) -> tuple[Tensor, dict[str, Tensor]]:
-        x, sigma, sigma_next, x_next = rows["x"], rows["sigma"], rows["sigma_next"], rows["x_next"]
-        noise_level = self.rollout_cfg["noise_level"]
-        v = models.policy(x, sigma, cond)
-        out = self.step_fn(x, v, sigma, sigma_next, noise_level, prev_sample=x_next)
-        policy, stats = flow_grpo_loss(out.log_prob, rows["old_log_prob"], rows["advantages"],
-                                       clip_range=self.cfg["clip_range"], clip_range_high=self.cfg["clip_range_high"])
-        loss = policy
-        stats = {"policy_loss": policy.detach(), **stats}
-        if self.cfg["kl_beta"] > 0:
-            with torch.no_grad():
-                v_ref = models.reference(x, sigma, cond)
-                ref = self.step_fn(x, v_ref, sigma, sigma_next, noise_level, prev_sample=x_next)
-            kl = flow_grpo_kl(out.mean, ref.mean, out.std).mean()
-            loss = loss + self.cfg["kl_beta"] * kl
-            stats["kl"] = kl.detach()
-        return loss, stats
 
 
 class FlowMatchingX0Objective(Objective):
@@ -211,7 +128,8 @@ OBJECTIVES: dict[str, type[Objective]] = {"awm": AWMObjective, "nft": NFTObjecti
 OBJECTIVES.update(masked_diffusion=MaskedDiffusionObjective, block_diffusion=BlockDiffusionObjective,
                   adversarial=AdversarialObjective, adversarial_consistency=AdversarialConsistencyObjective,
                   preference_contrastive=PreferenceContrastiveObjective, diffu_grpo=DiffuGRPOObjective,
-                  wd1=WD1Objective)
+                  wd1=WD1Objective, grpo_guard=GRPOGuardObjective, mixgrpo=MixGRPOObjective, dgpo=DGPOObjective,
+                  diffusion_dpo=DiffusionDPOObjective)
 
 
 def objective_class(name: str) -> type[Objective]:

@@ -107,7 +107,7 @@ class RolloutWorker(WorkerBase):
                     sampler=sampler, noise_level=self.cfg["noise_level"], autocast_dtype=autocast,
                     guidance_scale=guidance, null_cond=self._encode([""] * len(part)) if guidance != 1.0 else None,
                     sde_window=self.cfg["sde_window"] if sampler in ("sde", "cps") else 0, store_trajectory=store,
-                    solver_options=solver_options,
+                    solver_options=solver_options, **self._window(part, sampler),
                 )
             chunks.append(
                 RolloutBatch(
@@ -123,9 +123,20 @@ class RolloutWorker(WorkerBase):
                     next_latents=result.next_latents,
                     log_probs=result.log_probs,
                     step_index=result.step_index,
+                    nfe=torch.full((len(part),), result.nfe, dtype=torch.long),
                 )
             )
         return RolloutBatch.concat(chunks)
+
+    def _window(self, part: Sequence[SampleRequest], sampler: str) -> dict:
+        """MixGRPO's window starts from the requests (all or none carry one) and the Flash tail, for the configured
+        stochastic sampler only (held-out eval's ODE takes neither)."""
+        starts = [r.window_start for r in part]
+        if sampler not in ("sde", "cps") or sampler != self.cfg["sampler"] or all(s is None for s in starts):
+            return {}
+        if any(s is None for s in starts):
+            raise ValueError("SampleRequest.window_start: set it on every request of a call or on none")
+        return {"window_starts": starts, "tail_compress": self.cfg.get("window_tail_compress")}
 
     @staticmethod
     def _grid(requests: Sequence[SampleRequest], default_grid: torch.Tensor) -> torch.Tensor:

@@ -9,6 +9,7 @@ from typing import Sequence
 import torch
 
 from diffrl.algorithms.flow_matching import sde_window, timestep_grid
+from diffrl.algorithms.mixgrpo import compressed_tail, dpmpp_2m_step
 from diffrl.algorithms.solvers import build_solver
 from diffrl.models.adapter import Conditioning, ModelAdapter
 from diffrl.utils.rng import Stream, stream_generator
@@ -23,6 +24,7 @@ class SampleResult:
     next_latents: torch.Tensor | None = None  # the drawn x at sigma_{j+1} [N, K, C, H, W]
     log_probs: torch.Tensor | None = None  # log density of each drawn step [N, K]
     step_index: torch.Tensor | None = None  # j of each stored step [N, K] (long)
+    nfe: int = 0  # model calls per sample (a guided call counts once)
 
 
 def step_noise(seeds: Sequence[int], step: int, shape: tuple[int, ...]) -> torch.Tensor:
@@ -32,13 +34,15 @@ def step_noise(seeds: Sequence[int], step: int, shape: tuple[int, ...]) -> torch
     )
 
 
-def stochastic_steps(seeds: Sequence[int], stochastic: Sequence[bool], window: int = 0) -> torch.Tensor:
+def stochastic_steps(seeds: Sequence[int], stochastic: Sequence[bool], window: int = 0,
+                     starts: Sequence[int] | None = None) -> torch.Tensor:
     """bool [N, num_steps]: which sampler steps draw noise for each sample.
 
     `stochastic` is the solver's per-step answer (`Solver.stochastic`: none for the ODE; every step but the last for
     SDE/CPS, so samples end clean). With `window` > 0 (Flow-GRPO-Fast) only `window` consecutive steps starting at
     `sde_window(...)` draw noise, the start drawn from a generator seeded by the sample's seed, so each sample's
-    window depends on its seed alone.
+    window depends on its seed alone; `starts` gives each sample's window start instead (MixGRPO's window, set by
+    the RL step).
     """
     num_steps = len(stochastic)
     allowed = torch.tensor(stochastic, dtype=torch.bool)
@@ -46,7 +50,13 @@ def stochastic_steps(seeds: Sequence[int], stochastic: Sequence[bool], window: i
         return allowed.expand(len(seeds), num_steps).clone()
     mask = torch.zeros(len(seeds), num_steps, dtype=torch.bool)
     for row, seed in enumerate(seeds):
-        start = sde_window(num_steps, window, stream_generator(Stream.SDE_WINDOW, seed))
+        if starts is not None:
+            start = int(starts[row])
+            if not (0 <= start <= num_steps - window and allowed[start:start + window].all()):
+                raise ValueError(f"SDE window start {start} of size {window} does not fit the {num_steps} steps' "
+                                 "stochastic ones (the last step is deterministic)")
+        else:
+            start = sde_window(num_steps, window, stream_generator(Stream.SDE_WINDOW, seed))
         mask[row, start : start + window] = True
     return mask & allowed
 
@@ -66,6 +76,8 @@ def sample(
     store_trajectory: bool = False,
     grid: torch.Tensor | Sequence[float] | None = None,
     solver_options: dict | None = None,
+    window_starts: Sequence[int] | None = None,
+    tail_compress: float | None = None,
 ) -> SampleResult:
     """Integrate from the seeds' noise at t=1 to t=0 with solver `sampler` (`build_solver`), on the model's device.
 
@@ -74,6 +86,9 @@ def sample(
     step is always deterministic, so SDE samples end clean. With `store_trajectory`, every stochastic step's input
     latent, drawn latent and log-prob are returned for Flow-GRPO (see `stochastic_steps` for which steps those are).
     `solver_options` go to solvers other than sde/cps (which take `noise_level`), e.g. sa_solver's orders and tau.
+    `window_starts` fixes each sample's SDE window start (MixGRPO); with `tail_compress` (MixGRPO-Flash; one start
+    shared by all samples) the steps after the window run DPM-Solver++ (2M) on the compressed grid of
+    `mixgrpo.compressed_tail` instead of the solver's own steps. `SampleResult.nfe` counts the model calls.
     """
     if grid is None:
         if num_steps is None:
@@ -89,10 +104,16 @@ def sample(
         raise ValueError(f"num_steps={num_steps} disagrees with the grid's {solver.num_steps} steps; pass one")
     num_steps = solver.num_steps
     device = next(model.denoiser.parameters()).device
-    mask = stochastic_steps(seeds, solver.stochastic, sde_window)
+    mask = stochastic_steps(seeds, solver.stochastic, sde_window, window_starts)
+    tail_from = num_steps
+    if tail_compress is not None:
+        if window_starts is None or len(set(window_starts)) != 1 or not solver.memoryless:
+            raise ValueError("tail_compress (MixGRPO-Flash) needs one window start shared by all samples and an "
+                             "sde or cps sampler")
+        tail_from = int(window_starts[0]) + sde_window
     x = model.initial_noise(seeds).to(device)
     trajectory: dict[str, list] = {"latents": [], "next_latents": [], "log_probs": [], "step_index": []}
-    for index in range(num_steps):
+    for index in range(tail_from):
         t = torch.full((len(seeds),), float(solver.sigmas[index]), device=device)
         with torch.autocast(device.type, dtype=autocast_dtype, enabled=autocast_dtype is not None):
             v = model.velocity(x, t, cond, guidance_scale=guidance_scale, null_cond=null_cond).float()
@@ -114,7 +135,12 @@ def sample(
                 trajectory["step_index"].append(torch.full((len(seeds),), index, dtype=torch.long))
             x_next = drawn
         x = x_next
-    result = SampleResult(samples=x.cpu(), grid=solver.sigmas)
+    nfe = tail_from
+    if tail_from < num_steps:
+        x, calls = _dpm_tail(model, cond, x, solver.sigmas, compressed_tail(tail_from, num_steps, tail_compress),
+                             guidance_scale, null_cond, autocast_dtype)
+        nfe += calls
+    result = SampleResult(samples=x.cpu(), grid=solver.sigmas, nfe=nfe)
     if store_trajectory:
         if not trajectory["latents"]:
             raise ValueError("store_trajectory needs stochastic steps: use sampler sde or cps")
@@ -125,3 +151,22 @@ def sample(
         for key, value in stacked.items():
             setattr(result, key, value[keep].reshape(len(seeds), count, *value.shape[2:]))
     return result
+
+
+def _dpm_tail(model: ModelAdapter, cond: Conditioning, x: torch.Tensor, sigmas: torch.Tensor, indices: list[int],
+              guidance_scale: float, null_cond: Conditioning | None,
+              autocast_dtype: torch.dtype | None) -> tuple[torch.Tensor, int]:
+    """MixGRPO-Flash's post-window ODE: DPM-Solver++ (2M) through sigmas[indices] (data prediction x - sigma v),
+    first order on its first step; returns the sample and the model calls made."""
+    device = x.device
+    prev_x0, prev_sigma, calls = None, None, 0
+    for here, there in zip(indices[:-1], indices[1:]):
+        sigma, sigma_next = float(sigmas[here]), float(sigmas[there])
+        t = torch.full((x.shape[0],), sigma, device=device)
+        with torch.autocast(device.type, dtype=autocast_dtype, enabled=autocast_dtype is not None):
+            v = model.velocity(x, t, cond, guidance_scale=guidance_scale, null_cond=null_cond).float()
+        calls += 1
+        x0 = x.float() - sigma * v
+        x = dpmpp_2m_step(x, x0, sigma, sigma_next, prev_x0, prev_sigma)
+        prev_x0, prev_sigma = x0, sigma
+    return x, calls

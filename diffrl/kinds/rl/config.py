@@ -9,6 +9,8 @@ from typing import Any, ClassVar, Literal
 from pydantic import Field, model_validator
 
 from diffrl.algorithms.solvers import check_grid
+from diffrl.kinds.rl.peer_config import (DGPOConfig, DiffusionDPOConfig, FlowGRPOConfig, GRPOGuardConfig,
+                                         MixGRPOConfig, check_peer_objective)
 from diffrl.platform.config import (BASE_RESUMABLE, RESOURCES_HELP, REWARD_INPUT_PATHS, JobConfig, Resources, Section,
                                     TrainerBase)
 from diffrl.rewards.base import resolve_headline
@@ -89,6 +91,9 @@ class RolloutConfig(Section):
         "(only those steps are stored and trained); 0 makes every step but the last stochastic",
     )
     guidance_scale: float = Field(1.0, ge=1.0, description="classifier-free guidance (1 disables; Flow-GRPO trains with it)")
+    window_tail_compress: float | None = Field(
+        None, gt=0, le=1, description="MixGRPO-Flash: after the SDE window, DPM-Solver++ (2M) on this share of the "
+        "remaining steps (None: the sampler's own steps)")
     precision: Literal["fp32", "bf16", "nvfp4", "fp8"] = Field(
         "fp32", description="nvfp4: linear layers fake-quantized (or transformer-engine on 10.x GPUs); fp8: 9.x GPUs"
     )
@@ -149,17 +154,6 @@ class AWMConfig(Section):
     shared_noise: bool = Field(False, description="one set of training timesteps and noise per prompt group")
 
 
-class FlowGRPOConfig(Section):
-    """Flow-GRPO (arXiv 2505.05470); defaults from the GenEval preset of yifan123/flow_grpo."""
-
-    clip_range: float = Field(1e-4, gt=0, description="PPO ratio clip eps")
-    clip_range_high: float | None = Field(None, gt=0, description="asymmetric upper clip; None uses clip_range")
-    kl_beta: float = Field(0.04, ge=0, description="weight of the KL to the reference policy's step means")
-    timestep_fraction: float = Field(1.0, gt=0, le=1, description="share of the stored steps trained per sample")
-    adv_clip: float = Field(5.0, gt=0)
-    global_std: bool = Field(True, description="advantage std over the whole batch (the presets' default)")
-
-
 class NFTConfig(Section):
     """DiffusionNFT as Sol-RL trains it (NVlabs/Sana train_scripts/sol_rl)."""
 
@@ -178,7 +172,7 @@ class LearnerConfig(Section):
     cpus_per_worker: float = Field(1.0, gt=0)
     gpus_per_worker: float = Field(0.0, ge=0)
     resources: Resources = Field(default_factory=dict, description=RESOURCES_HELP)
-    algorithm: Literal["awm", "flow_grpo", "nft"] = "awm"
+    algorithm: Literal["awm", "flow_grpo", "nft", "grpo_guard", "mixgrpo", "dgpo", "diffusion_dpo"] = "awm"
     lr: float = Field(2e-4, gt=0)
     weight_decay: float = Field(1e-4, ge=0)
     betas: tuple[float, float] = (0.9, 0.999)
@@ -197,6 +191,10 @@ class LearnerConfig(Section):
     awm: AWMConfig = AWMConfig()
     flow_grpo: FlowGRPOConfig = FlowGRPOConfig()
     nft: NFTConfig = NFTConfig()
+    grpo_guard: GRPOGuardConfig = GRPOGuardConfig()
+    mixgrpo: MixGRPOConfig = MixGRPOConfig()
+    dgpo: DGPOConfig = DGPOConfig()
+    diffusion_dpo: DiffusionDPOConfig = DiffusionDPOConfig()
 
 
 class RewardSpec(Section):
@@ -354,12 +352,16 @@ class RLJobConfig(JobConfig):
             if sol.colocate and sol.explore_workers > self.rollout.num_workers:
                 raise ValueError(f"rollout.sol.colocate needs rollout.sol.explore_workers={sol.explore_workers} <= "
                                  f"rollout.num_workers={self.rollout.num_workers} (one bundle each)")
-            if algorithm == "flow_grpo" and not sol.regenerate:
+            if algorithm in ("flow_grpo", "grpo_guard") and not sol.regenerate:
                 raise ValueError("rollout.sol.regenerate=false trains on ODE exploration samples, which carry no "
                                  "Flow-GRPO log-probs; use awm or nft")
         if self.rollout.precision == "fp8" and self.rollout.quant_backend == "emulated":
             raise ValueError("rollout.precision=fp8 runs through transformer-engine only; emulation covers nvfp4")
-        if self.rollout.sde_window and self.rollout.sde_window > self.rollout.num_steps // 2:
+        check_peer_objective(self)
+        if algorithm == "mixgrpo" and self.rollout.sde_window > self.rollout.num_steps - 1:
+            raise ValueError(f"rollout.sde_window={self.rollout.sde_window} must fit in the rollout.num_steps="
+                             f"{self.rollout.num_steps} - 1 stochastic steps")
+        elif self.rollout.sde_window and self.rollout.sde_window > self.rollout.num_steps // 2:
             raise ValueError(f"rollout.sde_window={self.rollout.sde_window} must fit in the first half of "
                              f"rollout.num_steps={self.rollout.num_steps}")
         if self.learner.sync_backend == "broadcast":

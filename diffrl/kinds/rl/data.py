@@ -8,6 +8,7 @@ from pathlib import Path
 
 import numpy as np
 
+from diffrl.algorithms.mixgrpo import window_start
 from diffrl.kinds.rl.config import RLJobConfig
 from diffrl.utils.rng import TRAINING_SEEDS
 from diffrl.workers.batch import SampleRequest
@@ -53,8 +54,13 @@ def step_requests(prompts: list[dict], cfg: RLJobConfig, step: int, group_size: 
     k = cfg.rollout.prompts_per_step
     chosen = rng.choice(len(prompts), size=k, replace=k > len(prompts))
     seeds = rng.integers(0, TRAINING_SEEDS, size=k * size)
+    start = None
+    if cfg.learner.algorithm == "mixgrpo":  # MixGRPO's window slides with the RL step, the same for every sample
+        section = cfg.learner.mixgrpo
+        start = window_start(step, section.shift_every, section.stride,
+                             cfg.rollout.num_steps - 1 - cfg.rollout.sde_window, section.roll_back)
     return [
-        SampleRequest(prompts[p]["prompt"], prompts[p], group, int(seeds[group * size + j]))
+        SampleRequest(prompts[p]["prompt"], prompts[p], group, int(seeds[group * size + j]), window_start=start)
         for group, p in enumerate(chosen)
         for j in range(size)
     ]

@@ -46,6 +46,8 @@ def step_record(step: int, batch: RolloutBatch, results: list[dict[str, float]],
     when prompts carry one), the learner's metrics averaged over ranks, stage times and the weight version."""
     record = {"step": step, "reward/mean": float(batch.rewards.mean()), "reward/std": float(batch.rewards.std()),
               "weight_version": version, **times}
+    if batch.nfe is not None:  # rollout model calls per sample (MixGRPO-Flash's tail makes fewer)
+        record["rollout/nfe"] = float(batch.nfe.float().mean())
     record.update({f"train/{k}": float(np.mean([r[k] for r in results])) for k in results[0]})
     tags = [m.get("tag") for m in batch.metadata]
     for key, values in batch.reward_details.items():
