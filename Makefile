@@ -27,7 +27,7 @@ demo: $(STAMP)
 	$(VENV)/bin/diffrl run configs/shapes_awm.yaml
 
 test: $(STAMP) /usr/bin/chromium
-	$(VENV)/bin/pytest -q --timeout=900 --durations=15
+	$(VENV)/bin/pytest -q --timeout=900 --durations=40
 
 test-all: $(STAMP) /usr/bin/chromium
 	$(VENV)/bin/pytest -q --timeout=3600 -m ""
