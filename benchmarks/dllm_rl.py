@@ -132,11 +132,21 @@ def main() -> None:
         _, fast_walls, fast_scores = mean_curve(fast)
         t_fast = first_reaching(fast_walls, fast_scores.mean(0), target)
         t_slow = first_reaching(slow_walls, slow_scores.mean(0), target)
-        lines += ["", f"- Fast-dLLM vs baseline rollouts: the baseline-rollout arm's final {target:.3f} is first "
-                  f"reached after {t_slow / 60:.1f} min of RL steps by itself and "
-                  + ("never by the Fast-dLLM arm" if t_fast is None else
-                     f"after {t_fast / 60:.1f} min with Fast-dLLM rollouts: **{t_slow / max(t_fast, 1e-9):.1f}x** "
-                     "less wall time (target >= 3x)") + "."]
+        per_step = [np.mean([r["rollout_s"] + r["learn_s"] for r in arm]) for arm in (fast, slow)]
+        rollout = [np.mean([r["rollout_s"] for r in arm]) for arm in (fast, slow)]
+        speed = (f" Per RL step {per_step[0]:.2f} s vs {per_step[1]:.2f} s (**{per_step[1] / per_step[0]:.1f}x**), "
+                 f"rollouts alone {rollout[0]:.2f} s vs {rollout[1]:.2f} s ({rollout[1] / rollout[0]:.1f}x).")
+        if t_fast == 0:  # each arm's eval decodes as its rollouts do: the Fast-dLLM base already scores higher
+            lines += ["", f"- Fast-dLLM vs baseline rollouts: each arm's held-out eval decodes with its own policy, "
+                      f"and the Fast-dLLM arm's base ({fast_scores[:, 0].mean():.3f}) is already above the "
+                      f"baseline-rollout arm's final {target:.3f}, so time-to-accuracy is not a like-for-like ratio "
+                      "here." + speed]
+        else:
+            lines += ["", f"- Fast-dLLM vs baseline rollouts: the baseline-rollout arm's final {target:.3f} is first "
+                      f"reached after {t_slow / 60:.1f} min of RL steps by itself and "
+                      + ("never by the Fast-dLLM arm" if t_fast is None else
+                         f"after {t_fast / 60:.1f} min with Fast-dLLM rollouts: **{t_slow / max(t_fast, 1e-9):.1f}x** "
+                         "less wall time (target >= 3x)") + "." + speed]
     lines += ["", "![held-out exact match against RL steps and wall time](dllm_rl.png)"]
     text = "\n".join(lines) + "\n"
     replace_section(REPO / "docs/benchmarks.md", "RL for diffusion LLMs", text)
