@@ -47,14 +47,16 @@ def test_grpo_guard_on_policy_normalized_ratio_is_one_and_the_step_trains(sample
     assert moved(before, after) > 10 and version == 1
 
 
-def test_grpo_guard_ablations_change_the_update(tmp_path):
+def test_grpo_guard_with_both_switches_off_is_flow_grpo_and_each_switch_changes_the_update(tmp_path):
     batch = rollout_batch(job("grpo_guard", sampler="sde"))
-    results = []
-    for norm, reweight in ((True, True), (False, False)):
+    _, _, flow, _ = learner_step(job("flow_grpo", sampler="sde"), batch, tmp_path / "flow")
+    updates = {}
+    for norm, reweight in ((False, False), (True, False), (False, True)):
         cfg = job("grpo_guard", {"grpo_guard": {"ratio_norm": norm, "reweight": reweight}}, sampler="sde")
-        _, before, after, _ = learner_step(cfg, batch, tmp_path / f"{norm}{reweight}")
-        results.append(after)
-    assert any(not torch.equal(results[0][k], results[1][k]) for k in results[0])
+        updates[norm, reweight] = learner_step(cfg, batch, tmp_path / f"{norm}{reweight}")[2]
+    assert all(torch.equal(updates[False, False][k], flow[k]) for k in flow)  # bitwise Flow-GRPO's step
+    for switched in ((True, False), (False, True)):
+        assert any(not torch.equal(updates[switched][k], flow[k]) for k in flow), switched
 
 
 def test_mixgrpo_trains_on_the_requested_window(tmp_path):
