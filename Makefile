@@ -26,8 +26,10 @@ env: $(STAMP)
 demo: $(STAMP)
 	$(VENV)/bin/diffrl run configs/shapes_awm.yaml
 
+# Two test processes (pytest-xdist), each test file in one of them (its module fixtures built once): most of a test's
+# wall time is waiting on processes, Ray and sockets, so two share two cores well.
 test: $(STAMP) /usr/bin/chromium
-	$(VENV)/bin/pytest -q --timeout=900 --durations=40
+	$(VENV)/bin/pytest -q -n 2 --dist loadfile --timeout=900 --durations=40
 
 test-all: $(STAMP) /usr/bin/chromium
 	$(VENV)/bin/pytest -q --timeout=3600 -m ""

@@ -90,11 +90,36 @@ def rl_problems(cfg: Any, local: bool = True) -> list[str]:
     problems = model_problems(cfg.model.name, cfg.model.path) if local else []
     if local and not problems:
         problems += world_size_problems(cfg.model.name, cfg.model.path, cfg.data.source)
+    dpo = getattr(getattr(cfg, "learner", None), "diffusion_dpo", None)  # solver_tune jobs have no learner
+    if local and dpo is not None and dpo.pairs is not None:
+        problems += pair_problems(cfg)
     try:
         train, heldout = prompt_splits(cfg)
     except (OSError, ValueError) as err:
         return problems + [f"data: {err}"]
     return problems + reward_problems(cfg.reward.rewards, train + heldout, local)
+
+
+def pair_problems(cfg: Any) -> list[str]:
+    """Diffusion-DPO's offline pairs file parses, its images exist and share a size, and for the built-in model that
+    size is the model's (a diffusers pipeline's VAE checks its own when it encodes)."""
+    from diffrl.kinds.rl.pairs import pair_size, read_pairs
+
+    try:
+        pairs = read_pairs(cfg.learner.diffusion_dpo.pairs)
+    except ValueError as err:
+        return [str(err)]
+    if cfg.model.name != "tiny_t2i" or cfg.model.path is None:
+        return []
+    try:
+        size = tiny_image_size(cfg.model.path)
+    except (OSError, ValueError):
+        return []  # model_problems names a missing model
+    width, height = pair_size(pairs)
+    if (width, height) != (size, size):
+        return [f"learner.diffusion_dpo.pairs: its images are {width}x{height}; model.path {cfg.model.path} draws "
+                f"{size}x{size}"]
+    return []
 
 
 def world_size_problems(name: str, path: str | None, source: str) -> list[str]:
@@ -104,13 +129,18 @@ def world_size_problems(name: str, path: str | None, source: str) -> list[str]:
 
     if name != "tiny_t2i" or path is None or source not in WORLDS:
         return []
+    size, wanted = tiny_image_size(path), world(source).IMAGE_SIZE
+    if size != wanted:
+        return [f"model.path: {path} draws {size}x{size} images; data.source={source} needs {wanted}x{wanted} "
+                f"(a model pretrained on that world)"]
+    return []
+
+
+def tiny_image_size(path: str) -> int:
+    """The image size a built-in tiny_t2i model at `path` draws (its config.json)."""
     import json
 
     from diffrl.models.tiny_t2i import DEFAULT_CONFIG, resolve_weights_path
 
     config = json.loads((resolve_weights_path(path) / "config.json").read_text()).get("config", {})
-    size, wanted = config.get("image_size", DEFAULT_CONFIG["image_size"]), world(source).IMAGE_SIZE
-    if size != wanted:
-        return [f"model.path: {path} draws {size}x{size} images; data.source={source} needs {wanted}x{wanted} "
-                f"(a model pretrained on that world)"]
-    return []
+    return config.get("image_size", DEFAULT_CONFIG["image_size"])

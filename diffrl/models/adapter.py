@@ -64,6 +64,17 @@ class ModelAdapter(nn.Module, ABC):
     def decode(self, samples: torch.Tensor) -> np.ndarray:
         """Clean samples (model space) to uint8 images [N, H, W, 3] for rewards and grids."""
 
+    def encode_images(self, images: np.ndarray) -> torch.Tensor:
+        """uint8 images [N, H, W, 3] to clean samples in model space, the inverse of `decode` (offline preference
+        pairs); adapters without an image encoder refuse."""
+        raise NotImplementedError(f"{type(self).__name__} cannot encode images into samples (needed by offline "
+                                  "pairs, learner.diffusion_dpo.pairs)")
+
+    def _check_image_size(self, images: np.ndarray, height: int, width: int) -> None:
+        if images.ndim != 4 or images.shape[1:] != (height, width, 3):
+            raise ValueError(f"images of shape {tuple(images.shape[1:])} do not fit this model: it draws "
+                             f"{height}x{width} RGB images")
+
     @abstractmethod
     def lora_target_modules(self) -> list[str]:
         """Default module names of `denoiser` that LoRA adapts (attention projections)."""

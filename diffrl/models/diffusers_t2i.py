@@ -117,7 +117,7 @@ class DiffusersT2I(ModelAdapter):
         self.family = family
         self.pipeline = pipeline
         self.max_sequence_length = max_sequence_length
-        factor = pipeline.vae_scale_factor
+        factor = self.vae_scale_factor = pipeline.vae_scale_factor
         multiple = factor * (2 if family == "flux" else 1) * getattr(pipeline.transformer.config, "patch_size", 1)
         if resolution % multiple:
             raise ValueError(f"model.resolution={resolution} must be a multiple of {multiple} for {family}")
@@ -170,6 +170,20 @@ class DiffusersT2I(ModelAdapter):
             images = self.vae.decode(latents, return_dict=False)[0]
         images = ((images.float().clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8)
         return images.permute(0, 2, 3, 1).cpu().numpy()
+
+    def encode_images(self, images: np.ndarray) -> torch.Tensor:
+        """VAE-encode uint8 images (the latent distribution's mode; SANA's DC-AE gives its latent directly), then
+        the inverse of `decode`'s scaling and shift."""
+        factor = self.vae_scale_factor
+        self._check_image_size(images, self.sample_shape[1] * factor, self.sample_shape[2] * factor)
+        pixels = torch.from_numpy(np.ascontiguousarray(images)).permute(0, 3, 1, 2).float() / 127.5 - 1
+        with torch.no_grad():
+            out = self.vae.encode(pixels.to(self.vae.device, self.vae.dtype))
+        latents = (out.latent_dist.mode() if hasattr(out, "latent_dist") else out.latent).float()
+        config = self.vae.config
+        if getattr(config, "shift_factor", None) is not None and self.family != "sana":
+            latents = latents - config.shift_factor
+        return (latents * config.scaling_factor).cpu()
 
     def lora_target_modules(self) -> list[str]:
         return list(_ATTENTION if self.family == "sana" else _JOINT_ATTENTION)

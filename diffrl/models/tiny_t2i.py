@@ -133,6 +133,11 @@ class TinyT2I(ModelAdapter):
         images = ((samples.detach().float().clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8)
         return images.permute(0, 2, 3, 1).cpu().numpy()
 
+    def encode_images(self, images: np.ndarray) -> torch.Tensor:
+        """The tiny model samples in pixel space: uint8 to [-1, 1] (`decode` rounds back to the same bytes)."""
+        self._check_image_size(images, *self.sample_shape[1:])
+        return torch.from_numpy(np.ascontiguousarray(images)).permute(0, 3, 1, 2).float() / 127.5 - 1
+
     def lora_target_modules(self) -> list[str]:
         return ["to_q", "to_k", "to_v", "to_out.0", "add_q_proj", "add_k_proj", "add_v_proj", "to_add_out"]
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 from typing import Any, Sequence
 
+import numpy as np
 import torch
 
 from diffrl.algorithms.flow_matching import timestep_grid
@@ -127,6 +128,20 @@ class RolloutWorker(WorkerBase):
                 )
             )
         return RolloutBatch.concat(chunks)
+
+    def encode_images(self, requests: Sequence[SampleRequest], images: np.ndarray) -> RolloutBatch:
+        """Offline samples (Diffusion-DPO's pairs file): row i is `images[i]` encoded into model space for request i,
+        on the training grid (rollout.grid or the even grid of rollout.num_steps), without trajectories."""
+        self.require_ready()
+        grid = (torch.tensor(self.cfg["grid"], dtype=torch.float32) if self.cfg.get("grid") is not None
+                else timestep_grid(self.cfg["num_steps"]))
+        return RolloutBatch(
+            prompts=[r.prompt for r in requests], metadata=[r.metadata for r in requests],
+            group_ids=torch.tensor([r.group_id for r in requests], dtype=torch.long),
+            seeds=torch.tensor([r.seed for r in requests], dtype=torch.long),
+            samples=self.model.encode_images(images), images=images, grid=grid,
+            weight_version=torch.full((len(requests),), -1, dtype=torch.long),  # not drawn by any policy version
+            nfe=torch.zeros(len(requests), dtype=torch.long))
 
     def _window(self, part: Sequence[SampleRequest], sampler: str) -> dict:
         """MixGRPO's window starts from the requests (all or none carry one) and the Flash tail, for the configured

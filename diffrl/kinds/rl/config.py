@@ -280,7 +280,7 @@ class RLJobConfig(JobConfig):
     kind: Literal["rl"] = "rl"
     INPUT_PATHS: ClassVar[dict[str, str]] = {
         "model.path": "local", "data.train_file": "file", "data.eval_file": "file", "rollout.schedule": "file",
-        **REWARD_INPUT_PATHS}
+        "learner.diffusion_dpo.pairs": "file", **REWARD_INPUT_PATHS}
     # What a resumed RL run may change besides the base keys: resources of every role, restarts, retries and
     # micro-batching of stateless roles. Anything else (model, algorithm, batch shape, learner ranks, seeds) would
     # make the continuation a different run.

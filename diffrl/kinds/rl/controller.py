@@ -15,6 +15,7 @@ from diffrl.algorithms.advantages import group_advantages
 from diffrl.kinds.checkpoints import restore_checkpoint, save_checkpoint, save_weights
 from diffrl.kinds.rl.config import RLJobConfig
 from diffrl.kinds.rl.data import prompt_splits, step_requests
+from diffrl.kinds.rl.pairs import pair_batch, read_pairs
 from diffrl.kinds.rl.evaluation import evaluate, step_record, write_rl_grid
 from diffrl.kinds.rl.roles import RLRoles
 from diffrl.kinds.rollouts import generate_and_score
@@ -34,6 +35,8 @@ def run(ctx: RunContext) -> dict[str, Any]:
     eval_prompts = heldout_prompts if cfg.trainer.eval_prompts == "heldout" else train_prompts
     rl = RLRoles(roles, cfg)
     rollout, learner, explore, rewards, sync = rl.rollout, rl.learner, rl.explore, rl.rewards, rl.sync
+    offline = cfg.learner.diffusion_dpo.pairs
+    pairs = read_pairs(offline) if offline is not None else None  # offline Diffusion-DPO: a pairs file
     if ctx.checkpoint is not None:
         restore_checkpoint(roles, ctx.checkpoint, after_learners=sync.sync)
         start, evaluations = ctx.checkpoint.step, [tuple(e) for e in ctx.checkpoint.trainer["evaluations"]]
@@ -48,7 +51,9 @@ def run(ctx: RunContext) -> dict[str, Any]:
                total=cfg.trainer.steps)
     for step in bar:
         times: dict[str, float] = {}
-        if explore is not None:
+        if pairs is not None:
+            batch, extra = pair_batch(pairs, cfg.rollout.prompts_per_step, cfg.seed, step, rollout, times), {}
+        elif explore is not None:
             batch, extra = sol_batch(cfg, rollout, explore, rewards, train_prompts, step, times)
         else:
             batch, extra = generate_and_score(rollout, rewards, step_requests(train_prompts, cfg, step), times), {}

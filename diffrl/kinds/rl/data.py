@@ -32,18 +32,24 @@ def read_prompt_file(path: str) -> list[dict]:
         if not line.strip():
             continue
         if path.endswith(".jsonl"):
-            try:
-                entry = json.loads(line)
-            except json.JSONDecodeError as err:
-                raise ValueError(f"{path}:{number}: not valid JSON: {err}") from None
-            if not isinstance(entry, dict) or not isinstance(entry.get("prompt"), str):
-                raise ValueError(f"{path}:{number}: each line must be an object with a string 'prompt'")
+            entry = prompt_line(line, f"{path}:{number}")
         else:
             entry = {"prompt": line.strip()}
         entries.append(entry)
     if not entries:
         raise ValueError(f"{path}: no prompts")
     return entries
+
+
+def prompt_line(line: str, where: str) -> dict:
+    """One JSON-lines entry with a string "prompt"; errors start with `where` (file:line)."""
+    try:
+        entry = json.loads(line)
+    except json.JSONDecodeError as err:
+        raise ValueError(f"{where}: not valid JSON: {err}") from None
+    if not isinstance(entry, dict) or not isinstance(entry.get("prompt"), str):
+        raise ValueError(f"{where}: each line must be an object with a string 'prompt'")
+    return entry
 
 
 def step_requests(prompts: list[dict], cfg: RLJobConfig, step: int, group_size: int | None = None) -> list[SampleRequest]:

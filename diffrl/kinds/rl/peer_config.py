@@ -56,6 +56,8 @@ class DiffusionDPOConfig(Section):
     beta: float = Field(100.0, gt=0, description="DPO temperature (the paper's beta T w(t), absorbed)")
     adv_clip: float = Field(5.0, gt=0)
     global_std: bool = False
+    pairs: str | None = Field(None, description="offline pairs: a JSON-lines file of {prompt, chosen, rejected} "
+                              "(image paths relative to it; diffrl.kinds.rl.pairs); None: online pairs from rollouts")
 
 
 PEER_SECTIONS = {"grpo_guard": GRPOGuardConfig, "mixgrpo": MixGRPOConfig, "dgpo": DGPOConfig,
@@ -83,6 +85,16 @@ def check_peer_objective(cfg) -> None:
     elif rollout.window_tail_compress is not None:
         raise ValueError("rollout.window_tail_compress is MixGRPO-Flash's post-window ODE: it needs "
                          "learner.algorithm=mixgrpo (one window shared by a step's samples)")
+    if learner.diffusion_dpo.pairs is not None:
+        if algorithm != "diffusion_dpo":
+            raise ValueError(f"learner.diffusion_dpo.pairs: offline pairs need learner.algorithm=diffusion_dpo "
+                             f"(got {algorithm})")
+        if rollout.group_size != 2:
+            raise ValueError(f"rollout.group_size: must be 2 with learner.diffusion_dpo.pairs (each pair is a group "
+                             f"of two samples, chosen and rejected); got {rollout.group_size}")
+        if rollout.strategy == "sol":
+            raise ValueError("rollout.strategy: sol does not apply with learner.diffusion_dpo.pairs (it trains on "
+                             "the file's pairs, not on rollouts)")
     if algorithm in ("dgpo", "diffusion_dpo"):
         if rollout.prompts_per_step % learner.num_workers:
             raise ValueError(f"learner.algorithm={algorithm} needs whole groups on each learner rank: "
