@@ -32,7 +32,11 @@ from diffrl.platform.reporting import MetricsLog  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
 RESULTS = REPO / "benchmarks/results/dllm_rl"
-BASELINE_DECODE = ["rollout.decode.rule=top_k", "rollout.decode.cache=none", "rollout.decode.steps=32"]
+# The baseline arm's rollouts decode as LLaDA does; its held-out eval decodes as the Fast-dLLM arms' does (their
+# rollout policy, greedy), so the two arms' accuracies are like for like.
+BASELINE_DECODE = ["rollout.decode.rule=top_k", "rollout.decode.cache=none", "rollout.decode.steps=32",
+                   "rollout.eval_decode={gen_length: 32, block_length: 8, rule: threshold, threshold: 0.9, "
+                   "cache: dual, temperature: 0.0}"]
 ARMS = {
     "diffu-GRPO": ("dllm_rl_diffu_grpo", []),
     "coupled diffu-GRPO": ("dllm_rl_coupled_grpo", []),

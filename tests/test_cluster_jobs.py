@@ -214,6 +214,18 @@ def test_invalid_job_fails_before_contacting_the_cluster(capsys):
     assert "requirements file not found: missing.txt" in capsys.readouterr().err
 
 
+def test_a_relative_pairs_file_is_warned_about_before_submitting(capsys, monkeypatch):
+    """Offline Diffusion-DPO's pairs file and its images are not shipped: a relative path is warned about."""
+    monkeypatch.chdir(ROOT)
+    job = "configs/shapes_diffusion_dpo_offline.yaml"
+    assert cli("submit", job, "output_dir=/shared/runs", "--address", "http://127.0.0.1:9") == 2
+    err = capsys.readouterr().err
+    assert "warning: learner.diffusion_dpo.pairs 'examples/dpo_pairs/pairs.jsonl' is relative" in err
+    absolute = str(ROOT / "examples/dpo_pairs/pairs.jsonl")
+    assert cli("submit", job, f"learner.diffusion_dpo.pairs={absolute}", "--address", "http://127.0.0.1:9") == 2
+    assert "pairs" not in capsys.readouterr().err
+
+
 def test_unreachable_dashboard_is_one_line_with_the_address(capsys):
     assert cli("submit", TINY_JOB, "--address", "http://127.0.0.1:9") == 2
     err = capsys.readouterr().err
