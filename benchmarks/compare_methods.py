@@ -71,7 +71,7 @@ def run_method(method: str, seed: int, args: argparse.Namespace, out: Path, step
     for r in records:
         if "time/step" in r:
             wall += r["time/step"]
-            nfe += samples * r.get("rollout/nfe", rollout_nfe(cfg, r["step"] - 1))  # logged since issue 30
+            nfe += round(samples * r.get("rollout/nfe", rollout_nfe(cfg, r["step"] - 1)))  # logged since issue 30
             walls[r["step"]], nfes[r["step"]] = wall, nfe
     curve = [(r["step"], nfes[r["step"]], walls[r["step"]], r["eval/headline"])
              for r in records if "eval/headline" in r]
@@ -174,7 +174,7 @@ def verdict(label: str, grpo: list[tuple], other: list[tuple], method: str, step
     claim = (f" ({'meets' if speedup >= 8 else 'misses'} the 8x target; the AWM paper reports up to 24x)"
              if method == "awm" else "")
     return (f"{label}: Flow-GRPO's final held-out reward {target:.3f} (first reached after {grpo_point[1]} rollout "
-            f"NFEs) is reached by {name} after {point[1]} NFEs: **{speedup:.1f}x fewer NFEs**{claim}"
+            f"NFEs) is reached by {name} after {round(point[1])} NFEs: **{speedup:.1f}x fewer NFEs**{claim}"
             + (f"; {name} does not hold it: its own final is {other[-1][3]:.3f}." if other[-1][3] < target else "."))
 
 

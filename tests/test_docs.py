@@ -20,11 +20,6 @@ def section(name: str) -> str:
     return match.group(1)
 
 
-# Issue 30's objectives, whose compare_methods rows are not measured yet (strict xfail: a measured row fails it,
-# so the entry must then be removed).
-PENDING = {"grpo_guard", "mixgrpo", "dgpo", "diffusion_dpo"}
-
-
 def algorithms() -> tuple[str, ...]:
     return typing.get_args(LearnerConfig.model_fields["algorithm"].annotation)
 
@@ -44,14 +39,8 @@ def check_measured_row(algorithm: str) -> None:
     assert re.fullmatch(r"0\.\d{3}", final), f"{algorithm}'s final held-out reward is not a measured number"
 
 
-@pytest.mark.parametrize("algorithm", [a for a in algorithms() if a not in PENDING])
+@pytest.mark.parametrize("algorithm", algorithms())
 def test_the_method_comparison_has_a_measured_row_for_every_objective(algorithm):
-    check_measured_row(algorithm)
-
-
-@pytest.mark.xfail(strict=True, reason="issue 30: compare_methods rows for the peer objectives not measured yet")
-@pytest.mark.parametrize("algorithm", sorted(PENDING))
-def test_the_peer_objectives_rows_are_still_to_be_measured(algorithm):
     check_measured_row(algorithm)
 
 
