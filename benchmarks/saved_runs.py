@@ -26,21 +26,25 @@ def saved_or_run(path: Path, run: Callable[[], dict], fits: Callable[[dict], boo
 
 
 def arm_seed_runs(arms: Sequence[str], indices: Sequence[int], seeds: Sequence[int], results: Path,
-                  run_arm: Callable[[int, int, Path], dict], settings: list, fresh: bool = False) -> dict[str, list[dict]]:
+                  run_arm: Callable[[int, int, Path], dict], settings: list | Callable[[int], list],
+                  fresh: bool = False) -> dict[str, list[dict]]:
     """{arm name: [result per seed]} for the chosen arm indices: each (arm, seed) from results/arm{i}_seed{s}.json
-    when it was saved with the same `settings`, else `run_arm(index, seed, scratch_dir)` (saved as it ends)."""
+    when it was saved with the same `settings` (a list, or per arm index a function giving one), else
+    `run_arm(index, seed, scratch_dir)` (saved as it ends)."""
     out: dict[str, list[dict]] = {}
     for index, name in enumerate(arms):
         if index not in indices:
             continue
+        wanted = settings(index) if callable(settings) else settings
         for seed in seeds:
-            def run(index: int = index, seed: int = seed, name: str = name) -> dict:
+            def run(index: int = index, seed: int = seed, name: str = name, wanted: list = wanted) -> dict:
                 print(f"== {name}, seed {seed}", flush=True)
                 with tempfile.TemporaryDirectory() as tmp:
-                    return {**run_arm(index, seed, Path(tmp)), "settings": settings}
+                    return {**run_arm(index, seed, Path(tmp)), "settings": wanted}
 
             out.setdefault(name, []).append(saved_or_run(results / f"arm{index}_seed{seed}.json", run,
-                                                         lambda r: r.get("settings") == settings, fresh))
+                                                         lambda r, wanted=wanted: r.get("settings") == wanted,
+                                                         fresh))
     return out
 
 

@@ -3,6 +3,7 @@ and a run from a user's own directory through the CLI."""
 
 import json
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -22,7 +23,8 @@ from diffrl.workers.rollout import RolloutWorker
 
 REPO = Path(__file__).resolve().parents[1]
 CIRCLE = {"prompt": "a photo of a circle", "include": [{"class": "circle", "count": 1}], "tag": "single_object"}
-SQUARES = {"prompt": "a photo of two squares", "include": [{"class": "square", "count": 2}], "tag": "counting"}
+# training prompts of the default split (the check refuses held-out ones)
+THREE = {"prompt": "a photo of three circles", "include": [{"class": "circle", "count": 3}], "tag": "counting"}
 
 
 def write_pairs(directory: Path, count: int = 3, size: int | None = None) -> Path:
@@ -32,11 +34,11 @@ def write_pairs(directory: Path, count: int = 3, size: int | None = None) -> Pat
     lines = []
     for i in range(count):
         names = {}
-        for key, metadata in (("chosen", CIRCLE if i % 2 else SQUARES), ("rejected", SQUARES if i % 2 else CIRCLE)):
+        for key, metadata in (("chosen", CIRCLE if i % 2 else THREE), ("rejected", THREE if i % 2 else CIRCLE)):
             image = render_prompt(metadata, rng)
             names[key] = f"img/{i}_{key}.png"
             Image.fromarray(image if size is None else image[:size, :size]).save(directory / names[key])
-        lines.append(json.dumps({**(CIRCLE if i % 2 else SQUARES), **names}))
+        lines.append(json.dumps({**(CIRCLE if i % 2 else THREE), **names}))
     path = directory / "pairs.jsonl"
     path.write_text("\n".join(lines) + "\n")
     return path
@@ -114,3 +116,19 @@ def test_an_offline_dpo_job_runs_from_the_users_directory(tmp_path):
                              cwd=tmp_path, env=env, capture_output=True, text=True, timeout=120)
     assert missing.returncode == 2 and "learner.diffusion_dpo.pairs: file not found" in missing.stderr
     assert "Traceback" not in missing.stderr
+
+
+def test_pairs_on_held_out_prompts_are_refused_before_start(tmp_path):
+    """Training on held-out prompts would inflate the held-out eval: the check names the pairs file and a prompt."""
+    from diffrl.envs.worlds import world
+    from diffrl.kinds import load_job
+    from diffrl.platform.config import ConfigError
+
+    _, heldout = world("shapes").prompt_splits(heldout_fraction=0.25, seed=0)
+    path = write_pairs(tmp_path, count=1)
+    entry = {**json.loads(path.read_text()), "prompt": heldout[0]["prompt"]}
+    path.write_text(json.dumps(entry) + "\n")
+    with pytest.raises(ConfigError, match=re.escape(f"1 of its prompts are held-out eval prompts (e.g. "
+                                                    f"{heldout[0]['prompt']!r})")):
+        load_job(REPO / "configs/shapes_diffusion_dpo_offline.yaml", [f"learner.diffusion_dpo.pairs={path}"])
+    load_job(REPO / "configs/shapes_diffusion_dpo_offline.yaml")  # the shipped pairs use training prompts only

@@ -46,6 +46,7 @@ from typing import Any, Callable, TextIO
 import diffrl
 from diffrl.cluster.shipping import Shipment, plan_rewards, print_warnings
 from diffrl.kinds import kind_of, load_job
+from diffrl.kinds.rl.pairs import pairs_file
 from diffrl.rewards.remote import LOOPBACK
 from diffrl.platform.config import ConfigError, dump_job
 
@@ -230,7 +231,7 @@ def submit_job(job_path: str | Path, overrides: list[str], address: str | None, 
         print(f"warning: output_dir '{cfg.output_dir}' is relative: the run's outputs land in the job's temporary "
               f"working directory on the head node and are lost with it; set output_dir to shared storage "
               f"(e.g. output_dir=/shared/runs)", file=sys.stderr)
-    pairs = getattr(getattr(getattr(cfg, "learner", None), "diffusion_dpo", None), "pairs", None)
+    pairs = pairs_file(cfg)
     if pairs is not None and not Path(pairs).is_absolute():
         print(f"warning: learner.diffusion_dpo.pairs '{pairs}' is relative: the pairs file and its images are not "
               f"shipped with the job; give an absolute path on storage the cluster's head node reads", file=sys.stderr)

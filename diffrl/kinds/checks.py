@@ -86,40 +86,48 @@ def model_check(cfg: Any, local: bool) -> list[str]:
 def rl_problems(cfg: Any, local: bool = True) -> list[str]:
     """The RL and solver_tune kinds: model weights (`local` only), the prompt files, the rewards against them."""
     from diffrl.kinds.rl.data import prompt_splits
+    from diffrl.kinds.rl.pairs import pairs_file
 
     problems = model_problems(cfg.model.name, cfg.model.path) if local else []
     if local and not problems:
         problems += world_size_problems(cfg.model.name, cfg.model.path, cfg.data.source)
-    dpo = getattr(getattr(cfg, "learner", None), "diffusion_dpo", None)  # solver_tune jobs have no learner
-    if local and dpo is not None and dpo.pairs is not None:
-        problems += pair_problems(cfg)
     try:
         train, heldout = prompt_splits(cfg)
     except (OSError, ValueError) as err:
         return problems + [f"data: {err}"]
+    if local and pairs_file(cfg) is not None:
+        problems += pair_problems(cfg, heldout)
     return problems + reward_problems(cfg.reward.rewards, train + heldout, local)
 
 
-def pair_problems(cfg: Any) -> list[str]:
-    """Diffusion-DPO's offline pairs file parses, its images exist and share a size, and for the built-in model that
-    size is the model's (a diffusers pipeline's VAE checks its own when it encodes)."""
+def pair_problems(cfg: Any, heldout: list[dict]) -> list[str]:
+    """Diffusion-DPO's offline pairs file parses, its images exist and share the size the model draws, and none of
+    its prompts is a held-out one (training on those would inflate the held-out eval)."""
     from diffrl.kinds.rl.pairs import pair_size, read_pairs
 
     try:
         pairs = read_pairs(cfg.learner.diffusion_dpo.pairs)
     except ValueError as err:
         return [str(err)]
-    if cfg.model.name != "tiny_t2i" or cfg.model.path is None:
-        return []
-    try:
-        size = tiny_image_size(cfg.model.path)
-    except (OSError, ValueError):
-        return []  # model_problems names a missing model
+    problems = []
+    leaked = sorted({p["prompt"] for p in pairs} & {h["prompt"] for h in heldout})
+    if leaked:
+        problems.append(f"learner.diffusion_dpo.pairs: {len(leaked)} of its prompts are held-out eval prompts "
+                        f"(e.g. {leaked[0]!r}); training on them inflates the held-out eval: drop those pairs or "
+                        "change the split (data.split_seed, data.eval_file)")
+    size = None
+    if cfg.model.name in DIFFUSERS_FAMILIES:
+        size = cfg.model.resolution
+    elif cfg.model.name == "tiny_t2i" and cfg.model.path is not None:
+        try:
+            size = tiny_image_size(cfg.model.path)
+        except (OSError, ValueError):
+            pass  # model_problems names a missing model
     width, height = pair_size(pairs)
-    if (width, height) != (size, size):
-        return [f"learner.diffusion_dpo.pairs: its images are {width}x{height}; model.path {cfg.model.path} draws "
-                f"{size}x{size}"]
-    return []
+    if size is not None and (width, height) != (size, size):
+        problems.append(f"learner.diffusion_dpo.pairs: its images are {width}x{height}; model {cfg.model.name} "
+                        f"({cfg.model.path}) draws {size}x{size}")
+    return problems
 
 
 def world_size_problems(name: str, path: str | None, source: str) -> list[str]:

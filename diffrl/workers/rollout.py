@@ -87,10 +87,8 @@ class RolloutWorker(WorkerBase):
         """
         self.require_ready()
         configured = sampler is None or sampler == self.cfg["sampler"]
-        if num_steps is None and configured and self.cfg.get("grid") is not None:
-            default_grid = torch.tensor(self.cfg["grid"], dtype=torch.float32)
-        else:
-            default_grid = timestep_grid(num_steps or self.cfg["num_steps"])
+        default_grid = self._training_grid() if num_steps is None and configured else timestep_grid(
+            num_steps or self.cfg["num_steps"])
         grid = self._grid(requests, default_grid)
         sampler = sampler or self.cfg["sampler"]
         store = self.store_trajectory and configured
@@ -133,15 +131,22 @@ class RolloutWorker(WorkerBase):
         """Offline samples (Diffusion-DPO's pairs file): row i is `images[i]` encoded into model space for request i,
         on the training grid (rollout.grid or the even grid of rollout.num_steps), without trajectories."""
         self.require_ready()
-        grid = (torch.tensor(self.cfg["grid"], dtype=torch.float32) if self.cfg.get("grid") is not None
-                else timestep_grid(self.cfg["num_steps"]))
+        size = self.cfg["batch_size"]  # the VAE encodes in rollout.batch_size chunks, as sampling does
+        samples = torch.cat([self.model.encode_images(images[start:start + size])
+                             for start in range(0, len(images), size)])
         return RolloutBatch(
             prompts=[r.prompt for r in requests], metadata=[r.metadata for r in requests],
             group_ids=torch.tensor([r.group_id for r in requests], dtype=torch.long),
             seeds=torch.tensor([r.seed for r in requests], dtype=torch.long),
-            samples=self.model.encode_images(images), images=images, grid=grid,
+            samples=samples, images=images, grid=self._training_grid(),
             weight_version=torch.full((len(requests),), -1, dtype=torch.long),  # not drawn by any policy version
             nfe=torch.zeros(len(requests), dtype=torch.long))
+
+    def _training_grid(self) -> torch.Tensor:
+        """The configured training grid: rollout.grid, else the even grid of rollout.num_steps."""
+        if self.cfg.get("grid") is not None:
+            return torch.tensor(self.cfg["grid"], dtype=torch.float32)
+        return timestep_grid(self.cfg["num_steps"])
 
     def _window(self, part: Sequence[SampleRequest], sampler: str) -> dict:
         """MixGRPO's window starts from the requests (all or none carry one) and the Flash tail, for the configured

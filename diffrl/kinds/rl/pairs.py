@@ -24,6 +24,12 @@ from diffrl.workers.batch import RolloutBatch, SampleRequest
 IMAGE_KEYS = ("chosen", "rejected")
 
 
+def pairs_file(cfg) -> str | None:
+    """learner.diffusion_dpo.pairs of a job (None: online pairs, or a kind without that section)."""
+    section = getattr(getattr(cfg, "learner", None), "diffusion_dpo", None)
+    return getattr(section, "pairs", None)
+
+
 def read_pairs(path: str | Path) -> list[dict]:
     """The pairs of `path`, image paths resolved against its directory; errors name the file, line and key. Every
     image must exist and every image must have one size (read from its header, not decoded)."""
