@@ -9,9 +9,13 @@ either side. `ties` is the share of tied pairs in the reference ranking: strict 
 what any ranking can agree on. Explore cost is relative to one full-precision 10-step rollout of the pool (NFEs;
 the NVFP4 saving per NFE needs NVFP4 tensor cores and is not counted here).
 
-Target (issue "Evidence and speed"): tau >= 0.8 at a setting that still saves rollout compute.
-Writes the section "Sol-RL ranking fidelity" of docs/benchmarks.md.
-Usage: .venv/bin/python benchmarks/sol_fidelity.py [--steps 2 4 6 10] [--prompt-steps 4]
+`--world scenes` does the same on the scenes world (configs/scenes_sol.yaml, `builtin:scenes_base`) with its
+trained reward (`mix`: 0.5 GenEval-scenes partial credit + 0.5 scenes_preference, what Sol-RL ranks by) and its
+parts, which separates the two changes Sol-RL's exploration makes (fewer steps, NVFP4) for issue 28's tau-b.
+
+Target (issues "Evidence and speed", 28): tau >= 0.8 at a setting that still saves rollout compute.
+Writes the section "Sol-RL ranking fidelity" ("Sol-RL ranking fidelity: scenes world") of docs/benchmarks.md.
+Usage: .venv/bin/python benchmarks/sol_fidelity.py [--world shapes] [--steps 2 4 6 10] [--prompt-steps 4]
 """
 
 from __future__ import annotations
@@ -37,13 +41,26 @@ from diffrl.workers.rollout import RolloutWorker  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
 POOL, CHOSEN = 96, 24
+WORLDS = {
+    "shapes": {"job": "configs/shapes_sol.yaml", "rules": "geneval_shapes", "kinds": ("partial", "strict"),
+               "section": "Sol-RL ranking fidelity", "what": "GenEval-shapes rewards"},
+    "scenes": {"job": "configs/scenes_sol.yaml", "rules": "geneval_scenes",
+               "kinds": ("mix", "partial", "strict", "preference"), "section": "Sol-RL ranking fidelity: scenes world",
+               "what": "the scenes world's rewards (mix: the trained 0.5 GenEval-scenes partial credit + 0.5 "
+                       "scenes_preference; the rules' partial and strict scores; the preference reward alone)"},
+}
 
 
-def rewards_of(worker: RolloutWorker, requests: list, steps: int, reward) -> dict[str, torch.Tensor]:
+def rewards_of(worker: RolloutWorker, requests: list, steps: int, rules, preference=None) -> dict[str, torch.Tensor]:
     batch = worker.generate(requests, num_steps=steps)
-    out = reward(batch.images, batch.prompts, batch.metadata)
-    return {"partial": torch.tensor(out.scores, dtype=torch.float64),
-            "strict": torch.tensor(out.details["strict"], dtype=torch.float64)}
+    out = rules(batch.images, batch.prompts, batch.metadata)
+    scores = {"partial": torch.tensor(out.scores, dtype=torch.float64),
+              "strict": torch.tensor(out.details["strict"], dtype=torch.float64)}
+    if preference is not None:
+        scores["preference"] = torch.tensor(preference(batch.images, batch.prompts, batch.metadata).scores,
+                                            dtype=torch.float64)
+        scores["mix"] = 0.5 * scores["partial"] + 0.5 * scores["preference"]
+    return scores
 
 
 def fidelity(explore: torch.Tensor, reference: torch.Tensor) -> dict[str, float]:
@@ -64,13 +81,15 @@ def fidelity(explore: torch.Tensor, reference: torch.Tensor) -> dict[str, float]
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--world", choices=sorted(WORLDS), default="shapes")
     parser.add_argument("--steps", type=int, nargs="+", default=[2, 4, 6, 10])
     parser.add_argument("--prompt-steps", type=int, default=4, help="training steps whose prompts make the pools")
     args = parser.parse_args()
-    cfg = load_job(REPO / "configs/shapes_sol.yaml")
+    world = WORLDS[args.world]
+    cfg = load_job(REPO / world["job"])
     train = prompt_splits(cfg)[0]
     requests = [r for step in range(args.prompt_steps) for r in step_requests(train, cfg, step, group_size=POOL)]
-    reward = build_reward("geneval_shapes")
+    rewards = [build_reward(world["rules"])] + ([build_reward("scenes_preference")] if args.world == "scenes" else [])
     torch.set_num_threads(os.cpu_count() or 1)
     workers = {}
     for precision in ("fp32", "nvfp4"):
@@ -78,25 +97,25 @@ def main() -> None:
                                                         "batch_size": 96})
         worker.setup()
         workers[precision] = worker
-    reference = rewards_of(workers["fp32"], requests, cfg.rollout.num_steps, reward)
+    reference = rewards_of(workers["fp32"], requests, cfg.rollout.num_steps, *rewards)
     rows = ["| explore precision | explore steps | explore NFEs vs full | reward | tau-b, whole pool | tau-b, chosen 24 | "
             "top-12 agreement | tied pairs (reference) |", "| --- | --- | --- | --- | --- | --- | --- | --- |"]
     for precision, worker in workers.items():
         for steps in args.steps:
             explored = reference if (precision, steps) == ("fp32", cfg.rollout.num_steps) else \
-                rewards_of(worker, requests, steps, reward)
-            for kind in ("partial", "strict"):
+                rewards_of(worker, requests, steps, *rewards)
+            for kind in world["kinds"]:
                 f = fidelity(explored[kind], reference[kind])
                 rows.append(f"| {precision} | {steps} | {steps / cfg.rollout.num_steps:.1f} | {kind} | {f['tau_full']:.3f} | "
                             f"{f['tau_chosen']:.3f} | {f['topk']:.3f} | {f['ties']:.2f} |")
                 print(rows[-1], flush=True)
     n_prompts = len(requests) // POOL
-    publish(REPO / "docs/benchmarks.md", "Sol-RL ranking fidelity",
+    publish(REPO / "docs/benchmarks.md", world["section"],
             f"Exploration rewards vs the same seeds regenerated in full precision with {cfg.rollout.num_steps} steps "
-            f"(the reference), {n_prompts} training prompts x {POOL} seeds, base model, GenEval-shapes rewards; "
+            f"(the reference), {n_prompts} training prompts x {POOL} seeds, base model, {world['what']}; "
             "tau-b per prompt (ties corrected), averaged over prompts. `benchmarks/sol_fidelity.py`; NVFP4 is emulated "
             "on CPU (fake quantization, the same numerics as the GPU path's weights and activations), so the cost "
-            "column counts NFEs only.", rows)
+            "column counts NFEs only." + (" `--world scenes`." if args.world == "scenes" else ""), rows)
 
 if __name__ == "__main__":
     main()

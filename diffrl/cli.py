@@ -223,16 +223,22 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def main(argv: list[str] | None = None) -> int:
-    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+def parse(argv: list[str] | None = None) -> argparse.Namespace:
+    """The command line as `diffrl` reads it: overrides after an option (`diffrl run job.yaml --check
+    trainer.steps=2`) are still overrides; anything else unknown exits 2 naming it."""
     parser = build_parser()
     args, extra = parser.parse_known_args(argv)
-    # Overrides after an option (`diffrl run job.yaml --check trainer.steps=2`) are still overrides.
     if extra and isinstance(getattr(args, "overrides", None), list) and all(
             "=" in item and not item.startswith("-") for item in extra):
         args.overrides += extra
     elif extra:
         parser.error(f"unrecognized arguments: {' '.join(extra)}")
+    return args
+
+
+def main(argv: list[str] | None = None) -> int:
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    args = parse(argv)
     return args.func(args)
 
 

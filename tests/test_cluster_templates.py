@@ -194,3 +194,13 @@ def test_bad_inputs_give_clear_errors(tmp_path, capsys):
     assert out.read_text().startswith("#!/bin/bash") and os.access(out, os.X_OK)
     assert cli("cluster-template", "kuberay", TINY_JOB) == 0
     assert "kind: RayJob" in capsys.readouterr().out
+
+
+def test_a_relative_pairs_file_is_noted_in_the_template():
+    """Offline Diffusion-DPO's pairs file is not in the template: a relative path gets a comment saying so."""
+    job = "configs/shapes_diffusion_dpo_offline.yaml"
+    note = "# learner.diffusion_dpo.pairs 'examples/dpo_pairs/pairs.jsonl' is relative"
+    assert note in render_template("slurm", load_job(job, ["output_dir=/shared/runs"]), job_file=job)
+    absolute = str(ROOT / "examples/dpo_pairs/pairs.jsonl")
+    script = render_template("slurm", load_job(job, [f"learner.diffusion_dpo.pairs={absolute}"]), job_file=job)
+    assert "is relative: the pairs" not in script

@@ -93,6 +93,15 @@ def test_pairs_become_two_sample_groups_whose_best_worst_pair_is_the_files(tmp_p
     assert rows["index"].tolist() == [0, 0, 2, 2, 4, 4, 6, 6]  # every chosen image is its pair's winner
     torch.testing.assert_close(rows["x0_l"][::2], batch.samples[1::2])
     assert rows["keep"].tolist() == [1.0] * 8
+    # Offline, two pairs of one prompt are two pairs: each gets its own noise (the same pair drawn twice, the same).
+    offline = objective_class("diffusion_dpo")({"num_timesteps": 2, "timestep_fraction": 0.9, "pairs": "p.jsonl"},
+                                               {"group_size": 2})
+    noise = offline.rows(batch, 0)["eps"].view(4, -1)
+    seeds, prompts = batch.seeds[::2].tolist(), batch.prompts[::2]
+    shared = [(a, b) for a in range(4) for b in range(a) if prompts[a] == prompts[b]]
+    assert any(seeds[a] != seeds[b] for a, b in shared), (seeds, prompts)
+    for a, b in shared:
+        assert torch.equal(noise[a], noise[b]) == (seeds[a] == seeds[b]), (a, b, seeds)
 
 
 def test_an_offline_dpo_job_runs_from_the_users_directory(tmp_path):

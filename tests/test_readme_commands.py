@@ -15,7 +15,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from diffrl.cli import build_parser
+from diffrl.cli import parse
 from diffrl.kinds import load_job
 from diffrl.workers.schedule import Schedule, write_schedule
 
@@ -75,7 +75,6 @@ def user_dir(tmp_path, monkeypatch):
 def test_readme_commands_parse_and_their_jobs_validate_from_another_directory(user_dir):
     commands = readme_commands()
     assert len(commands) > 40, commands
-    parser = build_parser()
     validated = 0
     for words in commands:
         command = " ".join(words)
@@ -91,7 +90,7 @@ def test_readme_commands_parse_and_their_jobs_validate_from_another_directory(us
         if words[0] in ("kubectl", "sbatch", "ray"):
             continue  # the cluster's own tools, fed by the files cluster-template wrote (tests/test_cluster_templates)
         assert words[0] == "diffrl", f"README shows a command this test does not know: {command}"
-        args = parser.parse_args([PLACEHOLDERS.get(w, w) for w in words[1:]])  # unknown flags exit here
+        args = parse([PLACEHOLDERS.get(w, w) for w in words[1:]])  # as `diffrl` reads it; unknown flags exit here
         if args.command in ("run", "submit", "cluster-template"):
             overrides = getattr(args, "overrides", [])
             # Weights under /models live on GPU machines or the cluster's storage: validated as `diffrl submit` does.

@@ -26,6 +26,7 @@ import yaml
 
 from diffrl.cluster.jobs import portable_job
 from diffrl.kinds import kind_of, load_job
+from diffrl.kinds.rl.pairs import pairs_file
 from diffrl.platform.config import ConfigError
 from diffrl.platform.roles import PoolSpec, resource_pools
 
@@ -114,6 +115,10 @@ def _notes(cfg: Any, demands: list[PoolSpec]) -> str:
     if not Path(cfg.output_dir).is_absolute():
         lines.append(f"# output_dir '{cfg.output_dir}' is relative: outputs stay on the head and vanish with it; set "
                      f"output_dir to shared storage.")
+    pairs = pairs_file(cfg)
+    if pairs is not None and not Path(pairs).is_absolute():
+        lines.append(f"# learner.diffusion_dpo.pairs '{pairs}' is relative: the pairs file and its images are not in "
+                     f"this template; give an absolute path on storage the head node reads.")
     return "".join(line + "\n" for line in lines)
 
 

@@ -224,7 +224,10 @@ class DiffusionDPOObjective(Objective):
         k = self.cfg["num_timesteps"]
         ts, eps = [], []
         for w in winners.tolist():
-            gen = stream_generator(Stream.TRAINING_ROWS, zlib.crc32(batch.prompts[w].encode()), step)
+            # Online, a step's groups have distinct prompts; offline pairs may share one, so their file index
+            # (the batch's seed) joins the key and each pair gets its own timesteps and noise.
+            keys = (zlib.crc32(batch.prompts[w].encode()),) + ((int(batch.seeds[w]),) if self.cfg.get("pairs") else ())
+            gen = stream_generator(Stream.TRAINING_ROWS, *keys, step)
             ts.append(stratified_timesteps(batch.grid, k, gen, fraction=self.cfg["timestep_fraction"]))
             eps.append(torch.randn((k, *batch.samples.shape[1:]), generator=gen))
         t = torch.stack(ts).float().reshape(-1)
