@@ -105,13 +105,15 @@ def test_pairs_become_two_sample_groups_whose_best_worst_pair_is_the_files(tmp_p
 
 
 def test_an_offline_dpo_job_runs_from_the_users_directory(tmp_path):
-    """A user's own pairs file, given relative to their current directory, trains two steps through the CLI."""
+    """A user's own pairs file, given relative to their current directory, trains two steps through the CLI; the run
+    resumes while its pairs are unchanged and refuses to once an image was edited."""
     write_pairs(tmp_path / "mydata", count=4)
     env = {**os.environ, "HF_HUB_OFFLINE": "1"}
     args = [sys.executable, "-m", "diffrl.cli", "run", str(REPO / "configs/shapes_diffusion_dpo_offline.yaml"),
             "learner.diffusion_dpo.pairs=mydata/pairs.jsonl", "backend=local", "trainer.steps=2",
             "trainer.eval_every=0", "trainer.eval_seeds_per_prompt=1", "rollout.prompts_per_step=2",
-            "learner.micro_batch_size=8", f"output_dir={tmp_path / 'runs'}", "trainer.sample_grid_prompts=2"]
+            "learner.micro_batch_size=8", f"output_dir={tmp_path / 'runs'}", "trainer.sample_grid_prompts=2",
+            "trainer.checkpoint_every=1"]
     done = subprocess.run(args, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=600)
     assert done.returncode == 0, done.stderr[-2000:]
     records = [json.loads(line) for line in next((tmp_path / "runs").glob("*/metrics.jsonl")).read_text().splitlines()]
@@ -120,6 +122,16 @@ def test_an_offline_dpo_job_runs_from_the_users_directory(tmp_path):
     assert steps[0]["train/dpo_accuracy"] == 0.0  # policy == reference before the first update: margins 0
     assert steps[1]["train/dpo_margin"] != 0.0  # the first update moved the policy away from the reference
     assert steps[0]["rollout/nfe"] == 0.0  # no model call made the samples
+    resumed = subprocess.run(args + ["--resume", "trainer.steps=3"], cwd=tmp_path, env=env, capture_output=True,
+                             text=True, timeout=600)
+    assert resumed.returncode == 0, resumed.stderr[-2000:]
+    edited = tmp_path / "mydata/img/0_chosen.png"
+    Image.fromarray(np.asarray(Image.open(edited))[::-1].copy()).save(edited)  # same size, other pixels
+    refused = subprocess.run(args + ["--resume", "trainer.steps=4"], cwd=tmp_path, env=env, capture_output=True,
+                             text=True, timeout=600)
+    assert refused.returncode == 2 and "Traceback" not in refused.stderr, refused.stderr[-2000:]
+    assert (f"cannot resume: learner.diffusion_dpo.pairs mydata/pairs.jsonl or its images changed since the "
+            "checkpoint at step 3") in refused.stderr
     # overrides after an option are still overrides
     missing = subprocess.run(args[:5] + ["--check", "learner.diffusion_dpo.pairs=elsewhere/pairs.jsonl"],
                              cwd=tmp_path, env=env, capture_output=True, text=True, timeout=120)

@@ -15,7 +15,7 @@ from diffrl.algorithms.advantages import group_advantages
 from diffrl.kinds.checkpoints import restore_checkpoint, save_checkpoint, save_weights
 from diffrl.kinds.rl.config import RLJobConfig
 from diffrl.kinds.rl.data import prompt_splits, step_requests
-from diffrl.kinds.rl.pairs import pair_batch, read_pairs
+from diffrl.kinds.rl.pairs import check_resumed_pairs, pair_batch, read_pairs
 from diffrl.kinds.rl.evaluation import evaluate, step_record, write_rl_grid
 from diffrl.kinds.rl.roles import RLRoles
 from diffrl.kinds.rollouts import generate_and_score
@@ -37,6 +37,8 @@ def run(ctx: RunContext) -> dict[str, Any]:
     rollout, learner, explore, rewards, sync = rl.rollout, rl.learner, rl.explore, rl.rewards, rl.sync
     offline = cfg.learner.diffusion_dpo.pairs
     pairs = read_pairs(offline) if offline is not None else None  # offline Diffusion-DPO: a pairs file
+    digest = None if pairs is None else check_resumed_pairs(
+        offline, pairs, ctx.checkpoint.trainer if ctx.checkpoint else {}, ctx.checkpoint.step if ctx.checkpoint else 0)
     if ctx.checkpoint is not None:
         restore_checkpoint(roles, ctx.checkpoint, after_learners=sync.sync)
         start, evaluations = ctx.checkpoint.step, [tuple(e) for e in ctx.checkpoint.trainer["evaluations"]]
@@ -75,7 +77,7 @@ def run(ctx: RunContext) -> dict[str, Any]:
             if last:
                 write_rl_grid(cfg, eval_batch, run_dir, "after", done, score)
         if cfg.trainer.checkpoint_every and done % cfg.trainer.checkpoint_every == 0:
-            path = save_checkpoint(roles, run_dir, done, _trainer_state(cfg, evaluations, done),
+            path = save_checkpoint(roles, run_dir, done, _trainer_state(cfg, evaluations, done, digest),
                                    cfg.trainer.keep_checkpoints)
             bar.write(f"step {done}: checkpoint {path}")
         if evaluated or (cfg.trainer.report_every and done % cfg.trainer.report_every == 0):
@@ -111,8 +113,9 @@ def _timed(times: dict[str, float], stage: str, work: Any) -> Any:
     return result
 
 
-def _trainer_state(cfg: RLJobConfig, evaluations: list, done: int) -> dict[str, Any]:
+def _trainer_state(cfg: RLJobConfig, evaluations: list, done: int, pairs_digest: str | None) -> dict[str, Any]:
     return {
+        **({"pairs_digest": pairs_digest} if pairs_digest is not None else {}),  # offline DPO: the pairs trained on
         "evaluations": evaluations,
         # Prompts and seeds of step s are drawn from a generator seeded by (seed, s): the sampler's position is the
         # step itself.

@@ -11,6 +11,7 @@ eval still samples the policy. Pick-a-Pic-style data is what the Diffusion-DPO p
 
 from __future__ import annotations
 
+import hashlib
 import time
 from pathlib import Path
 
@@ -63,6 +64,32 @@ def read_pairs(path: str | Path) -> list[dict]:
     if not pairs:
         raise ValueError(f"learner.diffusion_dpo.pairs: {path}: no pairs")
     return pairs
+
+
+def pairs_digest(path: str | Path, pairs: list[dict]) -> str:
+    """A digest of the pairs file's bytes and of each image's size and modification time (not its bytes: a real
+    preference set is too large to hash at every start), kept in checkpoints so that a resumed run refuses pairs
+    that were edited since (its steps would no longer be the run's)."""
+    digest = hashlib.sha256(Path(path).read_bytes())
+    for entry in pairs:
+        for key in IMAGE_KEYS:
+            stat = Path(entry[key]).stat()
+            digest.update(f"{entry[key]}\0{stat.st_size}\0{stat.st_mtime_ns}\n".encode())
+    return digest.hexdigest()
+
+
+def check_resumed_pairs(path: str | Path, pairs: list[dict], trainer_state: dict, step: int) -> str:
+    """The pairs' digest, after checking it against the one the checkpoint at `step` recorded (older checkpoints
+    recorded none); a difference is a CheckpointError naming the file."""
+    from diffrl.platform.checkpoint import CheckpointError
+
+    digest = pairs_digest(path, pairs)
+    saved = trainer_state.get("pairs_digest")
+    if saved is not None and saved != digest:
+        raise CheckpointError(f"cannot resume: learner.diffusion_dpo.pairs {path} or its images changed since the "
+                              f"checkpoint at step {step} (content, image sizes or modification times); restore "
+                              "them, or start a new run (resume: never, or another name)")
+    return digest
 
 
 def pair_size(pairs: list[dict]) -> tuple[int, int]:
