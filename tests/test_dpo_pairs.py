@@ -130,7 +130,7 @@ def test_an_offline_dpo_job_runs_from_the_users_directory(tmp_path):
     refused = subprocess.run(args + ["--resume", "trainer.steps=4"], cwd=tmp_path, env=env, capture_output=True,
                              text=True, timeout=600)
     assert refused.returncode == 2 and "Traceback" not in refused.stderr, refused.stderr[-2000:]
-    assert (f"cannot resume: learner.diffusion_dpo.pairs mydata/pairs.jsonl or its images changed since the "
+    assert ("cannot resume: learner.diffusion_dpo.pairs mydata/pairs.jsonl or its images changed since the "
             "checkpoint at step 3") in refused.stderr
     # overrides after an option are still overrides
     missing = subprocess.run(args[:5] + ["--check", "learner.diffusion_dpo.pairs=elsewhere/pairs.jsonl"],
