@@ -51,7 +51,10 @@ WORLDS = {
 }
 
 
-def rewards_of(worker: RolloutWorker, requests: list, steps: int, rules, preference=None) -> dict[str, torch.Tensor]:
+def rewards_of(worker: RolloutWorker, requests: list, steps: int, rules, preference=None,
+               weights: tuple[float, float] = (0.5, 0.5)) -> dict[str, torch.Tensor]:
+    """The rules' partial and strict scores; with `preference`, its score and the trained mix (the job's weights on
+    the rules' partial credit and the preference score)."""
     batch = worker.generate(requests, num_steps=steps)
     out = rules(batch.images, batch.prompts, batch.metadata)
     scores = {"partial": torch.tensor(out.scores, dtype=torch.float64),
@@ -59,7 +62,7 @@ def rewards_of(worker: RolloutWorker, requests: list, steps: int, rules, prefere
     if preference is not None:
         scores["preference"] = torch.tensor(preference(batch.images, batch.prompts, batch.metadata).scores,
                                             dtype=torch.float64)
-        scores["mix"] = 0.5 * scores["partial"] + 0.5 * scores["preference"]
+        scores["mix"] = weights[0] * scores["partial"] + weights[1] * scores["preference"]
     return scores
 
 
@@ -89,7 +92,10 @@ def main() -> None:
     cfg = load_job(REPO / world["job"])
     train = prompt_splits(cfg)[0]
     requests = [r for step in range(args.prompt_steps) for r in step_requests(train, cfg, step, group_size=POOL)]
-    rewards = [build_reward(world["rules"])] + ([build_reward("scenes_preference")] if args.world == "scenes" else [])
+    rewards = [build_reward(world["rules"])]
+    if args.world == "scenes":  # the trained mix, weighted as the job weighs it
+        weight = {r.name: r.weight for r in cfg.reward.rewards}
+        rewards += [build_reward("scenes_preference"), (weight[world["rules"]], weight["scenes_preference"])]
     torch.set_num_threads(os.cpu_count() or 1)
     workers = {}
     for precision in ("fp32", "nvfp4"):

@@ -37,8 +37,7 @@ def run(ctx: RunContext) -> dict[str, Any]:
     rollout, learner, explore, rewards, sync = rl.rollout, rl.learner, rl.explore, rl.rewards, rl.sync
     offline = cfg.learner.diffusion_dpo.pairs
     pairs = read_pairs(offline) if offline is not None else None  # offline Diffusion-DPO: a pairs file
-    digest = None if pairs is None else check_resumed_pairs(
-        offline, pairs, ctx.checkpoint.trainer if ctx.checkpoint else {}, ctx.checkpoint.step if ctx.checkpoint else 0)
+    digest = None if pairs is None else check_resumed_pairs(offline, pairs, ctx.checkpoint)
     if ctx.checkpoint is not None:
         restore_checkpoint(roles, ctx.checkpoint, after_learners=sync.sync)
         start, evaluations = ctx.checkpoint.step, [tuple(e) for e in ctx.checkpoint.trainer["evaluations"]]

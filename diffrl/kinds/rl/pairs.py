@@ -78,17 +78,17 @@ def pairs_digest(path: str | Path, pairs: list[dict]) -> str:
     return digest.hexdigest()
 
 
-def check_resumed_pairs(path: str | Path, pairs: list[dict], trainer_state: dict, step: int) -> str:
-    """The pairs' digest, after checking it against the one the checkpoint at `step` recorded (older checkpoints
-    recorded none); a difference is a CheckpointError naming the file."""
+def check_resumed_pairs(path: str | Path, pairs: list[dict], checkpoint=None) -> str:
+    """The pairs' digest, after checking it against the one `checkpoint` (a run being resumed; None: a new run)
+    recorded (older checkpoints recorded none); a difference is a CheckpointError naming the file."""
     from diffrl.platform.checkpoint import CheckpointError
 
     digest = pairs_digest(path, pairs)
-    saved = trainer_state.get("pairs_digest")
+    saved = checkpoint.trainer.get("pairs_digest") if checkpoint is not None else None
     if saved is not None and saved != digest:
         raise CheckpointError(f"cannot resume: learner.diffusion_dpo.pairs {path} or its images changed since the "
-                              f"checkpoint at step {step} (content, image sizes or modification times); restore "
-                              "them, or start a new run (resume: never, or another name)")
+                              f"checkpoint at step {checkpoint.step} (content, image sizes or modification times); "
+                              "restore them, or start a new run (resume: never, or another name)")
     return digest
 
 
