@@ -169,3 +169,40 @@ def test_open_run_resume_rules(tmp_path):
     (run_dir / "final.safetensors").write_bytes(b"done")
     with pytest.raises(RunFinished, match=r"already finished all 2 steps"):
         open_run(job("trainer.steps=2"), must_resume=True)
+
+
+def test_a_resume_refuses_input_files_edited_since_the_run_started(tmp_path, monkeypatch):
+    """A user's prompt files and file reward, named relative to their job file and run from another directory: the
+    run records their digests; editing one (same path, so config_changes sees nothing) blocks the resume by name."""
+    from diffrl.kinds import load_job
+    from diffrl.platform.runs import INPUTS_FILE, open_run
+
+    work = tmp_path / "project"
+    work.mkdir()
+    (work / "train.txt").write_text("a photo of a red circle\na photo of two squares\n")
+    (work / "eval.txt").write_text("a photo of a blue circle\n")
+    (work / "my_reward.py").write_text("def score(images, prompts, metadata):\n    return [0.5] * len(prompts)\n")
+    (work / "job.yaml").write_text(
+        "kind: rl\nname: mine\nresume: auto\n"
+        "data: {source: files, train_file: train.txt, eval_file: eval.txt}\n"
+        "reward: {rewards: [{name: my_reward.py:score}]}\ntrainer: {checkpoint_every: 2}\n")
+    monkeypatch.chdir(tmp_path)
+
+    def job():
+        return load_job(work / "job.yaml", [f"output_dir={tmp_path / 'runs'}"])
+
+    run_dir, _ = open_run(job())
+    recorded = json.loads((run_dir / INPUTS_FILE).read_text())
+    assert set(recorded) == {"data.train_file", "data.eval_file", "reward.rewards.0.name"}
+    tmp = ckpt.begin(run_dir, 2)
+    for name in ckpt.REQUIRED:
+        (tmp / name).write_text("{}")
+    ckpt.commit(tmp, 2)
+    assert open_run(job())[1].step == 2  # unchanged inputs: resumes
+    (work / "train.txt").write_text("a photo of a red circle\na photo of three squares\n")
+    with pytest.raises(ckpt.CheckpointError, match=r"data.train_file \(.*train.txt\) changed since the run started"):
+        open_run(job())
+    (work / "train.txt").write_text("a photo of a red circle\na photo of two squares\n")
+    (work / "my_reward.py").write_text("def score(images, prompts, metadata):\n    return [1.0] * len(prompts)\n")
+    with pytest.raises(ckpt.CheckpointError, match=r"reward.rewards.0.name \(.*my_reward.py:score\) changed"):
+        open_run(job())

@@ -5,6 +5,8 @@ naming the problem, and the service still up afterwards."""
 import base64
 import io
 import json
+import os
+import random
 import socket
 import subprocess
 import sys
@@ -32,9 +34,18 @@ LIMITS = Limits(max_body_bytes=1 << 20, max_images=8, max_pixels=8 * 64 * 64, bo
 
 
 def free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
+    """A port free now, below Linux's ephemeral range (32768+: Ray's and the OS's own picks) and in a block of its
+    own for each xdist worker, so that another test process cannot be handed it before this test binds it."""
+    worker = os.environ.get("PYTEST_XDIST_WORKER", "gw0")
+    block = 20000 + 1000 * (int(worker[2:]) % 12 if worker[2:].isdigit() else 0)
+    for port in random.Random().sample(range(block, block + 1000), 1000):
+        with socket.socket() as probe:
+            try:
+                probe.bind(("127.0.0.1", port))
+            except OSError:
+                continue
+            return port
+    raise RuntimeError(f"no free port in {block}-{block + 999}")
 
 
 def png(width: int, height: int) -> str:
@@ -296,7 +307,6 @@ def test_the_cli_refuses_other_interfaces_without_a_token_and_never_reads_argv_t
 def test_the_cli_serves_with_a_token_file_and_stops_on_sigterm(tmp_path):
     """`diffrl serve-reward` as a user runs it: the token from a file, scores like the local reward, and `kill`
     (SIGTERM) stops the service and the Ray cluster it started."""
-    import os
     import signal
 
     token = tmp_path / "token"

@@ -116,7 +116,7 @@ def test_a_hanging_reward_times_out_with_its_name():
     with pytest.raises(RewardError, match=r"reward '.*:hangs' gave no answer within timeout_s=0.3 s"):
         worker({"name": f"{__name__}:hangs", "retries": 1, "timeout_s": 0.3, "backoff_s": 0.0}).score(
             images, prompts, meta)
-    assert time.perf_counter() - tick < 5
+    assert time.perf_counter() - tick < 15  # the hung call (30 s) was abandoned, not waited for
 
 
 def test_unknown_reward_lists_registered_names():

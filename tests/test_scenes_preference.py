@@ -99,6 +99,37 @@ def test_blank_images_are_negatives_of_every_caption_only():
     assert float(stats["blank_accuracy"]) == 0.5  # caption 2 scores the blank (cosine 1) as high as its own image
 
 
+def test_the_pair_term_by_hand():
+    """PickScore's two-image term: -log sigmoid(scale * (s+ - s-)) per row, added with its weight."""
+    e1, e2 = torch.tensor([[1.0, 0.0]]), torch.tensor([[0.0, 1.0]])
+    image = text = torch.cat([e1, e2])
+    neg = torch.cat([torch.tensor([[0.6, 0.8]]), e2])  # row 1: s- = 0.6; row 2: s- = 1 = s+
+    scale, same = torch.tensor(2.0), torch.eye(2, dtype=torch.bool)
+    base, _ = contrastive_preference_loss(image, text, neg, neg, scale, same)
+    loss, _ = contrastive_preference_loss(image, text, neg, neg, scale, same, pair_weight=0.5)
+    pair = 0.5 * (math.log1p(math.exp(-2 * 0.4)) + math.log(2.0))
+    assert float(loss - base) == pytest.approx(0.5 * pair, abs=1e-6)
+
+
+def test_rows_balance_the_change_kinds_and_fresh_rows_do_not_repeat():
+    from diffrl.envs.scenes_pairs import KINDS
+    from diffrl.kinds.pretrain.preference_data import ScenesPairs
+
+    split = {"heldout_per_tag": 4, "seed": 0}
+    by_kind = ScenesPairs(0, 4, split, 0.5, 1.0, 0.1, balance="kind").batch(0, 120)
+    by_tag = ScenesPairs(0, 4, split, 0.5, 1.0, 0.1, balance="tag").batch(0, 120)
+    # drawn by task type, most rows change a shape or color; a relation change needs a position prompt (1 tag in 8)
+    # and then is 1 of its ~4 kinds: about 1 row in 32
+    assert min(by_kind.kinds.count(k) for k in KINDS) >= 10
+    assert by_tag.kinds.count("relation") <= 6 and by_tag.kinds.count("shape") > 40
+    fresh = ScenesPairs(0, 0, split, 0.0, 1.0, 0.0)
+    a, b = fresh.batch(0, 8), fresh.batch(1, 8)
+    assert not fresh._cache and torch.equal(a.image, fresh.batch(0, 8).image)
+    assert not any(torch.equal(x, y) for x in a.image for y in b.image)
+    with pytest.raises(ValueError, match="data.balance"):
+        ScenesPairs(0, 4, split, 0.5, 1.0, 0.1, balance="prompt")
+
+
 def test_data_rows_are_verified_pairs_and_deterministic():
     from diffrl.kinds.pretrain.preference_data import ScenesPairs, rule_strict
 

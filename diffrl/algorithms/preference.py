@@ -11,6 +11,11 @@ al., arXiv 2210.01936) are: each row also carries the image of a one-attribute-c
 Rows whose captions are equal are not each other's negatives (`same` masks them out of both softmaxes).
 `blank` images (empty canvases, as sampled early in training or by a collapsed policy) match no caption: they join
 every caption's image softmax as negatives, so a reward built on the model never prefers an empty image to a scene.
+
+`pair_weight` adds PickScore's own preference term (Kirstain et al., section 3): for each row, a softmax over just
+its two images (the true one and the changed one) given its caption, i.e. -log sigmoid(scale * (s+ - s-)). The
+batch softmaxes are dominated by the easy in-batch negatives (another color or shape); this term puts the whole row's
+gradient on the one attribute its hard negative changes (a count, a relation, a binding).
 """
 
 from __future__ import annotations
@@ -21,12 +26,13 @@ from torch import Tensor
 
 
 def contrastive_preference_loss(image: Tensor, text: Tensor, neg_image: Tensor, neg_text: Tensor, scale: Tensor,
-                                same: Tensor, blank: Tensor | None = None) -> tuple[Tensor, dict[str, Tensor]]:
+                                same: Tensor, blank: Tensor | None = None,
+                                pair_weight: float = 0.0) -> tuple[Tensor, dict[str, Tensor]]:
     """image, text, neg_image, neg_text: unit embeddings [N, D]; scale: the logit scale; same [N, N] bool: rows i, j
     share a caption; blank: unit embeddings [M, D] of images that match no caption (or None). Returns the mean of
     both directions' cross-entropies and, detached, the share of rows whose caption scores its image above its
     hard-negative image (`pair_accuracy`), above every blank image (`blank_accuracy`, with blanks) and the mean
-    caption-image cosine."""
+    caption-image cosine. pair_weight: the weight of the two-image preference term (0: CLIP/NegCLIP alone)."""
     n = len(image)
     target = torch.arange(n, device=image.device)
     off_diagonal_same = same & ~torch.eye(n, dtype=torch.bool, device=image.device)
@@ -37,9 +43,12 @@ def contrastive_preference_loss(image: Tensor, text: Tensor, neg_image: Tensor, 
     to_image = to_image.masked_fill(torch.cat([blocked, blocked.new_zeros(n, len(blanks))], dim=1), float("-inf"))
     to_text = to_text.masked_fill(blocked, float("-inf"))
     loss = 0.5 * (F.cross_entropy(to_image, target) + F.cross_entropy(to_text, target))
+    positive = (text * image).sum(-1)
+    negative = (text * neg_image).sum(-1)
+    if pair_weight:
+        loss = loss + pair_weight * F.softplus(-scale * (positive - negative)).mean()
     with torch.no_grad():
-        positive = (text * image).sum(-1)
-        negative = (text * neg_image).sum(-1)
+        positive, negative = positive.detach(), negative.detach()
         stats = {"pair_accuracy": (positive > negative).float().mean(), "cosine": positive.mean()}
         if len(blanks):
             stats["blank_accuracy"] = (positive > (text @ blanks.T).max(-1).values).float().mean()

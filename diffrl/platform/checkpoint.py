@@ -115,7 +115,7 @@ def read_state(directory: Path, stem: str) -> Any:
 
 
 # ------------------------------------------------------------------------------- directories and manifest
-def _sha256(path: Path) -> str:
+def file_sha256(path: Path) -> str:
     digest = hashlib.sha256()
     with path.open("rb") as handle:
         for block in iter(lambda: handle.read(1 << 20), b""):
@@ -151,7 +151,7 @@ def commit(tmp: Path, step: int, keep: int = 0) -> Path:
     complete."""
     files = sorted(p for p in tmp.iterdir() if p.is_file())
     manifest = {"format": FORMAT, "step": step, "learner_ranks": len(_learner_ranks(p.name for p in files)),
-                "files": {p.name: {"bytes": p.stat().st_size, "sha256": _sha256(p)} for p in files}}
+                "files": {p.name: {"bytes": p.stat().st_size, "sha256": file_sha256(p)} for p in files}}
     (tmp / MANIFEST).write_text(json.dumps(manifest, indent=1))
     for path in [*files, tmp / MANIFEST]:
         _fsync(path)
@@ -232,7 +232,7 @@ def verify(directory: Path) -> dict[str, Any]:
         if path.stat().st_size != size:
             raise CheckpointError(f"checkpoint {directory} is corrupt: {name} has {path.stat().st_size} bytes, "
                                   f"the manifest says {size}")
-        if _sha256(path) != digest:
+        if file_sha256(path) != digest:
             raise CheckpointError(f"checkpoint {directory} is corrupt: {name} does not match its sha256 in {MANIFEST}")
     unexpected = sorted(p.name for p in directory.iterdir() if p.name not in entries and p.name != MANIFEST)
     if unexpected:

@@ -276,6 +276,11 @@ def _matches(pattern: str, loc: tuple) -> bool:
     return len(parts) == len(loc) and all(fnmatch.fnmatchcase(str(k), p) for p, k in zip(parts, loc))
 
 
+def input_path_mode(patterns: dict[str, str], loc: tuple) -> str | None:
+    """The mode of the first INPUT_PATHS pattern matching key path `loc` (None: not an input path)."""
+    return next((m for p, m in patterns.items() if _matches(p, loc)), None)
+
+
 def _resolved(value: str, mode: str, base: Path) -> str:
     if mode == "reward":
         target, sep, attribute = value.rpartition(":")
@@ -302,7 +307,7 @@ def resolve_input_paths(data: Any, patterns: dict[str, str], base: Path,
     if isinstance(data, list):
         return [resolve_input_paths(v, patterns, base, only, (*loc, i)) for i, v in enumerate(data)]
     if isinstance(data, str) and only(loc):
-        mode = next((m for p, m in patterns.items() if _matches(p, loc)), None)
+        mode = input_path_mode(patterns, loc)
         if mode is not None:
             return _resolved(data, mode, base)
     return data

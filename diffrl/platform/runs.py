@@ -12,8 +12,8 @@ from typing import Any
 
 import yaml
 
-from diffrl.platform.checkpoint import Checkpoint, CheckpointError, latest_checkpoint
-from diffrl.platform.config import JobConfig, dump_job
+from diffrl.platform.checkpoint import Checkpoint, CheckpointError, file_sha256, latest_checkpoint
+from diffrl.platform.config import JobConfig, dump_job, input_path_mode
 from diffrl.platform.reporting import MetricsLog
 from diffrl.utils.atomic import atomic_write_text
 
@@ -59,6 +59,42 @@ def config_changes(saved: dict, cfg: JobConfig) -> list[str]:
     return [k for k in changed if not _resumable(k, cfg.RESUMABLE)]
 
 
+INPUTS_FILE = "inputs.json"
+
+
+def input_digests(cfg: JobConfig) -> dict[str, dict[str, str]]:
+    """{key: {"path", "sha256"}} of every input file the job names (its INPUT_PATHS keys whose value is a file: a
+    prompt or pair file, a file reward's FILE.py, a reward's data file; model directories are not read)."""
+    out = {}
+    for key, value in _flatten(yaml.safe_load(dump_job(cfg))).items():
+        mode = input_path_mode(cfg.INPUT_PATHS, tuple(key.split(".")))
+        if mode is None or not isinstance(value, str) or not value:
+            continue
+        path = Path(value.rpartition(":")[0] if mode == "reward" else value).expanduser()
+        if path.is_file():
+            out[key] = {"path": value, "sha256": file_sha256(path)}
+    return out
+
+
+def check_inputs(run_dir: Path, cfg: JobConfig) -> None:
+    """Refuse to resume `run_dir` when an input file the run started with (its inputs.json) has other content now:
+    the resumed steps would train on other data than the checkpoint's (a changed path is config_changes' job)."""
+    path = run_dir / INPUTS_FILE
+    if not path.is_file():
+        return  # a run from before inputs were recorded
+    saved, now = json.loads(path.read_text()), input_digests(cfg)
+    changed = [key for key in saved.keys() & now.keys() if saved[key]["sha256"] != now[key]["sha256"]]
+    if changed:
+        files = ", ".join(f"{key} ({now[key]['path']})" for key in sorted(changed))
+        raise CheckpointError(f"cannot resume {run_dir}: {files} changed since the run started (sha256 differs "
+                              f"from {INPUTS_FILE}); restore the file, or start a new run (resume: never, or another "
+                              "name)")
+
+
+def write_inputs(run_dir: Path, cfg: JobConfig) -> None:
+    atomic_write_text(run_dir / INPUTS_FILE, json.dumps(input_digests(cfg), indent=1, sort_keys=True) + "\n")
+
+
 def new_run_dir(cfg: JobConfig) -> Path:
     """runs/NAME, or runs/NAME_2, ... when it exists: a new run never overwrites an old one."""
     base = cfg.run_dir
@@ -67,6 +103,7 @@ def new_run_dir(cfg: JobConfig) -> Path:
         run_dir, suffix = base.with_name(f"{base.name}_{suffix}"), suffix + 1
     run_dir.mkdir(parents=True)
     (run_dir / "config.yaml").write_text(dump_job(cfg))
+    write_inputs(run_dir, cfg)
     return run_dir
 
 
@@ -78,8 +115,8 @@ def open_run(cfg: JobConfig, must_resume: bool = False) -> tuple[Path, Checkpoin
       none and never finished (a run that died before its first checkpoint; its old metrics are kept aside as
       metrics.attemptN.jsonl); a finished run without checkpoints is left alone (a new directory is used).
     - otherwise a new directory (runs/NAME, or NAME_2, ...).
-    A corrupt newest checkpoint, or a config that changes keys outside the config's RESUMABLE, is an error before
-    any work.
+    A corrupt newest checkpoint, a config that changes keys outside the config's RESUMABLE, or an input file whose
+    content changed since the run started (inputs.json), is an error before any work.
     """
     base = cfg.run_dir
     if not (must_resume or cfg.resume == "auto"):
@@ -107,7 +144,9 @@ def open_run(cfg: JobConfig, must_resume: bool = False) -> tuple[Path, Checkpoin
             allowed = ", ".join(cfg.RESUMABLE)
             raise CheckpointError(f"cannot resume {base}: the job changes {', '.join(changed)} (see its config.yaml); "
                                   f"a resumed run may only change {allowed}")
+    check_inputs(base, cfg)
     (base / "config.yaml").write_text(dump_job(cfg))
+    write_inputs(base, cfg)
     rewind_metrics(base, checkpoint.step if checkpoint is not None else None)
     return base, checkpoint
 

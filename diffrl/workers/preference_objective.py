@@ -20,6 +20,7 @@ class PreferenceContrastiveObjective(Objective):
     def __init__(self, cfg: dict, rollout_cfg: dict | None = None) -> None:
         start, decay = cfg["ema_start"], cfg["ema_decay"]
         self.shadows = {"eval": lambda step: decay if step > start else 0.0}
+        self.pair_weight = float(cfg.get("pair_weight", 0.0))
 
     def rows(self, batch, step: int) -> dict[str, Tensor]:
         return {"index": torch.arange(len(batch)), "image": batch.image, "ids": batch.ids,
@@ -35,4 +36,5 @@ class PreferenceContrastiveObjective(Objective):
         same = (ids[:, None, :] == ids[None, :, :]).all(-1)
         return contrastive_preference_loss(model.embed_images(rows["image"]), model.embed_texts(ids),
                                            model.embed_images(rows["neg_image"]), model.embed_texts(neg_ids),
-                                           model.scale(), same, model.embed_images(rows["blank"]))
+                                           model.scale(), same, model.embed_images(rows["blank"]),
+                                           pair_weight=self.pair_weight)

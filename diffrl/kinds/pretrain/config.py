@@ -51,7 +51,12 @@ class ScenesPairsDataConfig(Section):
     preference reward (diffrl.kinds.pretrain.preference_data)."""
 
     source: Literal["scenes_pairs"] = "scenes_pairs"
-    pairs_per_prompt: int = Field(32, ge=1, description="distinct (true, changed) pairs of each training prompt")
+    pairs_per_prompt: int = Field(32, ge=0, description="distinct (true, changed) pairs of each training prompt, "
+                                  "rendered once and cached; 0: every row is a fresh render (no cache)")
+    balance: Literal["kind", "tag"] = Field("tag", description="kind: each row's change kind (color, size, count, "
+                                            "relation, shape, binding) is drawn uniformly, then a prompt it applies "
+                                            "to; tag: a task type, a prompt, then one of its kinds (rare kinds such "
+                                            "as relation make ~2% of the rows)")
     heldout_per_tag: int = Field(4, ge=1, le=4, description="prompts held out per task type (never trained on); "
                                  "the same split as the scenes world's pretraining and RL")
     heldout_pairs_per_prompt: int = Field(12, ge=1, description="verified pairs per held-out prompt at each eval")
@@ -98,6 +103,8 @@ class PretrainLearnerConfig(SupervisedLearnerConfig):
         "preference_contrastive (scenes_pref)")
     ema_decay: float = Field(0.999, ge=0, lt=1, description="EMA of the weights; the EMA is evaluated and saved")
     ema_start: int = Field(200, ge=0, description="the EMA copies the weights until this step")
+    pair_weight: float = Field(0.0, ge=0, description="preference_contrastive only: weight of PickScore's two-image "
+                               "term (true vs one-attribute-changed image, per caption) beside the batch softmaxes")
 
 
 class EvalWorkersConfig(Section):

@@ -1,12 +1,15 @@
 """Training data and held-out pairs of the learned preference reward (`data.source: scenes_pairs`).
 
-Row i of step s: a training prompt of the scenes world (tags drawn uniformly), one of its renders, a one-attribute
-change of the prompt (`diffrl.envs.scenes_pairs`) and a render of the changed prompt that GenEval's strict rules
+Row i of step s: a change kind drawn uniformly (`balance: kind`; then a task type and a training prompt it applies to)
+or a task type drawn uniformly (`balance: tag`; then a prompt and one of its kinds), one of the prompt's renders, the
+one-attribute change of the prompt (`diffrl.envs.scenes_pairs`) and a render of the changed prompt that GenEval's strict rules
 reject for the original prompt (a changed relation can still hold by chance on a diagonal; such draws are redrawn).
 Renders are then degraded as a sampler's are (a random Gaussian blur and pixel noise), so the reward reads model
 samples and not only clean renders. Each row also carries a blank canvas, degraded the same way: a negative of every
-caption (an empty image must never outscore a scene, or the reward is hacked by drawing nothing). Everything is a function of (seed, step, row): a resumed run continues the
-exact stream and N ranks see the rows one rank would.
+caption (an empty image must never outscore a scene, or the reward is hacked by drawing nothing). With
+`pairs_per_prompt` > 0 each (prompt, kind) has that many pairs, rendered once and cached; with 0 every row is a fresh
+render. Everything is a function of (seed, step, row): a resumed run continues the exact stream and N ranks see the
+rows one rank would.
 
 The held-out pairs: for each held-out prompt, `pairs_per_prompt` (true render, changed render) pairs, one per
 applicable kind in turn, each verified by the rules (1 for the true render, 0 for the changed one). A prompt that
@@ -22,7 +25,7 @@ import torch
 import torch.nn.functional as F
 
 from diffrl.envs import scenes
-from diffrl.envs.scenes_pairs import applicable, perturb
+from diffrl.envs.scenes_pairs import KINDS, applicable, perturb
 from diffrl.envs.worlds import draw_by_tag, prompts_by_tag
 from diffrl.models.preference import DEFAULT_CONFIG, caption_vocabulary, token_ids, token_table
 from diffrl.platform.worker import split_evenly
@@ -93,12 +96,16 @@ def degrade(images: np.ndarray, rng: np.random.Generator, blur_prob: float, max_
 
 class ScenesPairs:
     def __init__(self, seed: int, pairs_per_prompt: int, split: dict, blur_prob: float, max_blur_sigma: float,
-                 max_noise: float) -> None:
-        self.seed, self.pairs_per_prompt = seed, pairs_per_prompt
+                 max_noise: float, balance: str = "tag") -> None:
+        if balance not in ("kind", "tag"):
+            raise ValueError(f"data.balance must be 'kind' or 'tag', got {balance!r}")
+        self.seed, self.pairs_per_prompt, self.balance = seed, pairs_per_prompt, balance
         self.augment = (blur_prob, max_blur_sigma, max_noise)
         self.train, self.heldout = scenes.prompt_splits(**split)
         # A prompt naming all five shapes has no one-attribute change: it makes no pair.
         self.by_tag = prompts_by_tag(self.train, scenes.TAGS, keep=applicable)
+        self.by_kind = {kind: prompts_by_tag(self.train, scenes.TAGS, keep=lambda e, k=kind: k in applicable(e))
+                        for kind in KINDS}
         self.table = token_table(caption_vocabulary([p["prompt"] for p in scenes.all_prompts()]))
         self.rules = rule_strict()
         self._cache: dict[tuple[int, int], tuple[np.ndarray, dict, np.ndarray, str]] = {}
@@ -107,24 +114,35 @@ class ScenesPairs:
     def from_config(cls, cfg) -> ScenesPairs:
         data = cfg.data
         return cls(cfg.seed, data.pairs_per_prompt, {"heldout_per_tag": data.heldout_per_tag, "seed": data.split_seed},
-                   data.blur_prob, data.max_blur_sigma, data.max_noise)
+                   data.blur_prob, data.max_blur_sigma, data.max_noise, data.balance)
 
-    def pair(self, prompt: int, index: int) -> tuple[np.ndarray, dict, np.ndarray, str]:
-        """Pair `index` of training prompt `prompt` (a function of (seed, prompt, index); cached)."""
-        key = (prompt, index)
-        if key not in self._cache:
-            entry = self.train[prompt]
-            rng = np.random.default_rng([self.seed, prompt, index, 1])
+    def pair(self, prompt: int, index: int, kind: str | None = None) -> tuple[np.ndarray, dict, np.ndarray, str]:
+        """Pair `index` of training prompt `prompt` changed in `kind` (None: a kind drawn from the prompt's); a
+        function of (seed, prompt, kind, index), cached while pairs_per_prompt > 0."""
+        key = (prompt, kind, index)
+        if key in self._cache:
+            return self._cache[key]
+        entry = self.train[prompt]
+        rng = np.random.default_rng([self.seed, prompt, index, 1 + (KINDS.index(kind) + 1 if kind else 0)])
+        if kind is None:
             kinds = applicable(entry)
             kind = kinds[int(rng.integers(len(kinds)))]
-            self._cache[key] = (*verified_pair(entry, kind, rng, self.rules), kind)
-        return self._cache[key]
+        out = (*verified_pair(entry, kind, rng, self.rules), kind)
+        if self.pairs_per_prompt:
+            self._cache[key] = out
+        return out
 
     def batch(self, step: int, size: int) -> PairBatch:
         rng = np.random.default_rng([self.seed, step])
-        prompts = draw_by_tag(rng, self.by_tag, size)
-        indices = rng.integers(0, self.pairs_per_prompt, size=size)
-        pairs = [self.pair(p, int(i)) for p, i in zip(prompts, indices)]
+        if self.balance == "kind":
+            kinds = [KINDS[int(k)] for k in rng.integers(0, len(KINDS), size=size)]
+            prompts = [draw_by_tag(rng, self.by_kind[k], 1)[0] for k in kinds]
+        else:
+            kinds, prompts = [None] * size, draw_by_tag(rng, self.by_tag, size)
+        # Fresh renders (pairs_per_prompt 0) take their index from the step and row: never repeated.
+        indices = (rng.integers(0, self.pairs_per_prompt, size=size) if self.pairs_per_prompt
+                   else [step * size + row for row in range(size)])
+        pairs = [self.pair(p, int(i), k) for p, i, k in zip(prompts, indices, kinds)]
         limit = DEFAULT_CONFIG["max_words"]
         captions = [self.train[p]["prompt"] for p in prompts]
         return PairBatch(image=degrade(np.stack([q[0] for q in pairs]), rng, *self.augment),
