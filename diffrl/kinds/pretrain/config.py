@@ -53,10 +53,10 @@ class ScenesPairsDataConfig(Section):
     source: Literal["scenes_pairs"] = "scenes_pairs"
     pairs_per_prompt: int = Field(32, ge=0, description="distinct (true, changed) pairs of each training prompt, "
                                   "rendered once and cached; 0: every row is a fresh render (no cache)")
-    balance: Literal["kind", "tag"] = Field("tag", description="kind: each row's change kind (color, size, count, "
-                                            "relation, shape, binding) is drawn uniformly, then a prompt it applies "
-                                            "to; tag: a task type, a prompt, then one of its kinds (rare kinds such "
-                                            "as relation make ~2% of the rows)")
+    balance: Literal["kind", "tag"] = Field("tag", description="tag (the shipped recipe): a task type, a prompt, "
+                                            "then one of its change kinds (relation changes make ~3% of the "
+                                            "rows); kind: a change kind (color, size, count, relation, shape, "
+                                            "binding) drawn uniformly, then a prompt it applies to")
     heldout_per_tag: int = Field(4, ge=1, le=4, description="prompts held out per task type (never trained on); "
                                  "the same split as the scenes world's pretraining and RL")
     heldout_pairs_per_prompt: int = Field(12, ge=1, description="verified pairs per held-out prompt at each eval")
