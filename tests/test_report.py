@@ -161,7 +161,8 @@ def test_moving_average_skips_nan():
 def test_a_long_runs_report_has_every_panel(tmp_path):
     """A 1200-step run's page (the loop rewrites it after every eval) shows the panels a short run's does, each a
     real PNG; how long it takes is not a test's business (it was ~1 s on 2 busy cores)."""
-    (tmp_path / "long").mkdir(), (tmp_path / "short").mkdir()
+    for name in ("long", "short"):
+        (tmp_path / name).mkdir()
     long_page = write_report(make_run(tmp_path / "long", steps=1200, eval_every=200)).read_text()
     short_page = write_report(make_run(tmp_path / "short")).read_text()
     panels = images(long_page)

@@ -76,23 +76,25 @@ def input_digests(cfg: JobConfig) -> dict[str, dict[str, str]]:
     return out
 
 
-def check_inputs(run_dir: Path, cfg: JobConfig) -> None:
-    """Refuse to resume `run_dir` when an input file the run started with (its inputs.json) has other content now:
-    the resumed steps would train on other data than the checkpoint's (a changed path is config_changes' job)."""
-    path = run_dir / INPUTS_FILE
+def check_inputs(run_dir: Path, cfg: JobConfig) -> dict[str, dict[str, str]]:
+    """The job's input digests, after refusing to resume `run_dir` when an input file the run started with (its
+    inputs.json) has other content now: the resumed steps would train on other data than the checkpoint's (a
+    changed path is config_changes' job)."""
+    path, now = run_dir / INPUTS_FILE, input_digests(cfg)
     if not path.is_file():
-        return  # a run from before inputs were recorded
-    saved, now = json.loads(path.read_text()), input_digests(cfg)
+        return now  # a run from before inputs were recorded
+    saved = json.loads(path.read_text())
     changed = [key for key in saved.keys() & now.keys() if saved[key]["sha256"] != now[key]["sha256"]]
     if changed:
         files = ", ".join(f"{key} ({now[key]['path']})" for key in sorted(changed))
         raise CheckpointError(f"cannot resume {run_dir}: {files} changed since the run started (sha256 differs "
                               f"from {INPUTS_FILE}); restore the file, or start a new run (resume: never, or another "
                               "name)")
+    return now
 
 
-def write_inputs(run_dir: Path, cfg: JobConfig) -> None:
-    atomic_write_text(run_dir / INPUTS_FILE, json.dumps(input_digests(cfg), indent=1, sort_keys=True) + "\n")
+def write_inputs(run_dir: Path, digests: dict[str, dict[str, str]]) -> None:
+    atomic_write_text(run_dir / INPUTS_FILE, json.dumps(digests, indent=1, sort_keys=True) + "\n")
 
 
 def new_run_dir(cfg: JobConfig) -> Path:
@@ -103,7 +105,7 @@ def new_run_dir(cfg: JobConfig) -> Path:
         run_dir, suffix = base.with_name(f"{base.name}_{suffix}"), suffix + 1
     run_dir.mkdir(parents=True)
     (run_dir / "config.yaml").write_text(dump_job(cfg))
-    write_inputs(run_dir, cfg)
+    write_inputs(run_dir, input_digests(cfg))
     return run_dir
 
 
@@ -144,9 +146,9 @@ def open_run(cfg: JobConfig, must_resume: bool = False) -> tuple[Path, Checkpoin
             allowed = ", ".join(cfg.RESUMABLE)
             raise CheckpointError(f"cannot resume {base}: the job changes {', '.join(changed)} (see its config.yaml); "
                                   f"a resumed run may only change {allowed}")
-    check_inputs(base, cfg)
+    digests = check_inputs(base, cfg)
     (base / "config.yaml").write_text(dump_job(cfg))
-    write_inputs(base, cfg)
+    write_inputs(base, digests)
     rewind_metrics(base, checkpoint.step if checkpoint is not None else None)
     return base, checkpoint
 

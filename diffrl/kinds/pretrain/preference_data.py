@@ -108,7 +108,7 @@ class ScenesPairs:
                         for kind in KINDS}
         self.table = token_table(caption_vocabulary([p["prompt"] for p in scenes.all_prompts()]))
         self.rules = rule_strict()
-        self._cache: dict[tuple[int, int], tuple[np.ndarray, dict, np.ndarray, str]] = {}
+        self._cache: dict[tuple[int, str | None, int], tuple[np.ndarray, dict, np.ndarray, str]] = {}
 
     @classmethod
     def from_config(cls, cfg) -> ScenesPairs:
@@ -123,7 +123,8 @@ class ScenesPairs:
         if key in self._cache:
             return self._cache[key]
         entry = self.train[prompt]
-        rng = np.random.default_rng([self.seed, prompt, index, 1 + (KINDS.index(kind) + 1 if kind else 0)])
+        # stream 1: the kind drawn here (the shipped recipe's stream); 2 + k: kind k asked for
+        rng = np.random.default_rng([self.seed, prompt, index, 1 if kind is None else 2 + KINDS.index(kind)])
         if kind is None:
             kinds = applicable(entry)
             kind = kinds[int(rng.integers(len(kinds)))]
